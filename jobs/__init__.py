@@ -1,0 +1,1 @@
+"""Long jobs tracked in Django models, run by `manage.py jobworker`, reported live over STOMP."""

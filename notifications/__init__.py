@@ -1,0 +1,1 @@
+"""Live delivery over STOMP: codec, embedded broker, publisher, hub, WebSocket consumer, notifications."""

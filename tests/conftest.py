@@ -1,0 +1,40 @@
+"""Fixtures shared by every test: real brokers on real sockets, real databases.
+
+External services are optional on a developer's machine (their tests skip with the reason),
+and required in CI (REQUIRE_SERVICES=1 turns a skip into a failure).
+"""
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES") == "1"
+
+
+def service_missing(reason: str) -> None:
+    """Skip locally, fail in CI: a service CI must provide is never silently skipped there."""
+    if REQUIRE_SERVICES:
+        pytest.fail(f"required service missing: {reason}")
+    pytest.skip(reason)
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_stomp_url() -> str:
+    """stomp:// URL of RabbitMQ's STOMP plugin (STOMP_RABBITMQ_URL, default guest on 127.0.0.1:61613)."""
+    url = os.environ.get("STOMP_RABBITMQ_URL", "stomp://guest:guest@127.0.0.1:61613")
+    from notifications.conf import parse_broker_url
+
+    parsed = parse_broker_url(url)
+    if not port_open(parsed.host, parsed.port):
+        service_missing(f"RabbitMQ STOMP not reachable at {parsed} (rabbitmq-plugins enable rabbitmq_stomp)")
+    return url
