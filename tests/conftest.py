@@ -38,3 +38,11 @@ def rabbitmq_stomp_url() -> str:
     if not port_open(parsed.host, parsed.port):
         service_missing(f"RabbitMQ STOMP not reachable at {parsed} (rabbitmq-plugins enable rabbitmq_stomp)")
     return url
+
+
+@pytest.fixture(params=["embedded", "rabbitmq"])
+def stomp_broker_url(request) -> str:
+    """A real STOMP broker URL: each test using it runs once on the embedded broker, once on RabbitMQ."""
+    if request.param == "embedded":
+        return request.getfixturevalue("embedded_broker").url
+    return request.getfixturevalue("rabbitmq_stomp_url")
