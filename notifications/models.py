@@ -1,0 +1,75 @@
+"""The Notification model: the database copy of every notification (the STOMP event is only a wake-up)."""
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+__all__ = ["Level", "Notification"]
+
+
+class Level(models.TextChoices):
+    """How a notification is shown (toast colour, icon)."""
+
+    INFO = "info", "Info"  # neutral news
+    SUCCESS = "success", "Success"  # something the user started went well
+    WARNING = "warning", "Warning"  # worth a look, nothing failed
+    ERROR = "error", "Error"  # something the user started failed
+
+
+class NotificationQuerySet(models.QuerySet):
+    def for_user(self, user) -> NotificationQuerySet:
+        """What a user may see: their own notifications and every broadcast."""
+        return self.filter(models.Q(recipient=user) | models.Q(recipient__isnull=True))
+
+    def unread_for(self, user) -> NotificationQuerySet:
+        """A user's own unread notifications (broadcasts have no per-user read state)."""
+        return self.filter(recipient=user, read=False)
+
+
+class Notification(models.Model):
+    # No recipient means a broadcast to every logged-in user.
+    recipient = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="notifications",
+    )
+    level = models.CharField(max_length=16, choices=Level.choices, default=Level.INFO)
+    title = models.CharField(max_length=200)
+    text = models.TextField(blank=True)
+    link = models.CharField(max_length=500, blank=True)
+    created = models.DateTimeField(default=timezone.now, db_index=True)
+    read = models.BooleanField(default=False)
+    read_at = models.DateTimeField(null=True, blank=True)
+
+    objects = NotificationQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created", "-id"]
+        indexes = [models.Index(fields=["recipient", "read"], name="notif_recipient_read")]
+
+    def __str__(self) -> str:
+        who = self.recipient if self.recipient_id else "everyone"
+        return f"{self.title} ({self.level}, to {who})"
+
+    @property
+    def is_broadcast(self) -> bool:
+        return self.recipient_id is None
+
+    def to_event(self, unread: int | None = None) -> dict:
+        """The notification event JSON (shared contract 6); `unread` is left out for broadcasts."""
+        event = {
+            "type": "notification",
+            "id": self.pk,
+            "level": self.level,
+            "title": self.title,
+            "text": self.text,
+            "link": self.link,
+            "created": self.created.isoformat(),
+            "read": self.read,
+        }
+        if unread is not None:
+            event["unread"] = unread
+        return event
