@@ -1,0 +1,43 @@
+"""The JOBS settings dict: every key, its default, read when used (never at import)."""
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["DEFAULTS", "get"]
+
+DEFAULTS: dict[str, Any] = {
+    # Jobs run at once by one `manage.py jobworker` (threads); --concurrency overrides it.
+    "CONCURRENCY": 2,
+    # Seconds between two claim queries when no STOMP wake-up arrives; --poll-interval overrides it.
+    "POLL_INTERVAL": 1.0,
+    # Seconds between the heartbeats a worker writes for its running jobs.
+    "HEARTBEAT_INTERVAL": 1.0,
+    # A RUNNING job whose heartbeat is older than this (seconds) belongs to a dead worker:
+    # re-queued if attempts remain, else FAILED with jobs.exceptions.WorkerLost.
+    "STALE_AFTER": 30.0,
+    # Seconds between two reads of cancel requests for the running jobs of a worker.
+    "CANCEL_POLL_INTERVAL": 0.5,
+    # Progress and log lines are written to the database and published at most this often (seconds).
+    "PROGRESS_INTERVAL": 0.1,
+    # Entries kept in Job.log (oldest dropped first; Job.log_count keeps counting).
+    "LOG_LIMIT": 200,
+    # Default per-job time limit in seconds (None: unlimited); @task(time_limit=...) overrides it.
+    "TIME_LIMIT": 3600.0,
+    # Seconds a stopping worker (first SIGTERM/SIGINT) waits for running jobs before releasing them.
+    "SHUTDOWN_GRACE": 30.0,
+    # Retries: attempts per job by default (1: no retry; @task(max_attempts=...) overrides it),
+    # the delay before the 2nd attempt, doubled for each further attempt up to the maximum (seconds).
+    "MAX_ATTEMPTS": 1,
+    "RETRY_BACKOFF": 1.0,
+    "RETRY_BACKOFF_MAX": 300.0,
+}
+
+
+def get(key: str) -> Any:
+    """One JOBS key, from settings or its default."""
+    from django.conf import settings
+
+    if key not in DEFAULTS:
+        raise KeyError(f"Unknown JOBS key {key!r}; known keys: {', '.join(sorted(DEFAULTS))}")
+    configured = getattr(settings, "JOBS", {}) or {}
+    return configured.get(key, DEFAULTS[key])

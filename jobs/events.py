@@ -1,0 +1,138 @@
+"""Job events (shared contract 5): the JSON built from a Job row, published after the row is written.
+
+Each event carries the whole visible state of the job, so any later event supersedes an
+earlier one: they are published with a per-job coalesce key (latest state wins in the
+publisher's outage buffer) and clients drop anything with a ``seq`` lower than what they have.
+"""
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from notifications import destinations
+
+if TYPE_CHECKING:
+    from .models import Job
+
+__all__ = ["job_event", "result_url", "publish_event", "publish_job", "publish_wakeup", "notify_owner_of"]
+
+logger = logging.getLogger(__name__)
+
+# Events carry only the tail of the log: a page shows the last lines, the row keeps more.
+EVENT_LOG_ENTRIES = 20
+
+# What a finished job tells its owner, by final status: (level, title template).
+_NOTIFY = {
+    "SUCCESSFUL": ("success", "{name} finished"),
+    "FAILED": ("error", "{name} failed"),
+    "CANCELLED": ("warning", "{name} was cancelled"),
+}
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def result_url(job: Job) -> str | None:
+    """The download link of a SUCCESSFUL job that produced a file, else None."""
+    if job.status != "SUCCESSFUL" or not job.result_file:
+        return None
+    try:
+        from django.urls import reverse
+
+        return reverse("jobs:download", args=[job.pk])
+    except Exception:  # the jobs URLs are not mounted (a project using only the backend)
+        return f"/jobs/{job.pk}/download/"
+
+
+def job_event(job: Job) -> dict[str, Any]:
+    """The event JSON for a job, exactly as contract 5 lists it."""
+    error = None
+    if job.error_type and job.status in {"FAILED", "CANCELLED"}:
+        error = {"type": job.error_type, "message": job.error_message}
+    return {
+        "type": "job",
+        "id": str(job.pk),
+        "seq": job.seq,
+        "task": job.task_path,
+        "name": job.display_name,
+        "status": str(job.status),
+        "final": job.is_final,
+        "queue": job.queue,
+        "owner_id": job.owner_id,
+        "progress": {"done": job.progress_done, "total": job.progress_total, "percent": job.percent},
+        "message": job.message,
+        "log": list(job.log or [])[-EVENT_LOG_ENTRIES:],
+        "error": error,
+        "result_url": result_url(job),
+        "cancel_requested": job.cancel_requested,
+        "attempts": job.attempts,
+        "max_attempts": job.max_attempts,
+        "enqueued_at": _iso(job.enqueued_at),
+        "started_at": _iso(job.started_at),
+        "finished_at": _iso(job.finished_at),
+    }
+
+
+def _publisher_publish():
+    try:
+        from notifications.publisher import publish
+    except ImportError:  # the publisher is optional for the backend alone (and lands separately)
+        return None
+    return publish
+
+
+def publish_event(event: dict[str, Any]) -> None:
+    """Publish one job event to its per-job topic and to the all-jobs topic. Never raises."""
+    publish = _publisher_publish()
+    if publish is None:
+        return
+    job_id = event["id"]
+    for destination in (destinations.job(job_id), destinations.JOBS_ALL):
+        try:
+            publish(destination, event, coalesce_key=f"job:{job_id}")
+        except Exception:  # publishing must never break a state change that is already committed
+            logger.exception("Could not publish the event of job %s to %s", job_id, destination)
+
+
+def publish_job(job: Job) -> None:
+    publish_event(job_event(job))
+
+
+def publish_wakeup(queue: str) -> None:
+    """Tell idle workers that a job is ready on ``queue`` (they poll at once)."""
+    publish = _publisher_publish()
+    if publish is None:
+        return
+    try:
+        publish(destinations.JOBS_WAKEUP, queue)
+    except Exception:
+        logger.exception("Could not publish a wake-up for queue %s", queue)
+
+
+def notify_owner_of(job: Job) -> None:
+    """Tell the owner of a finished job, through notifications.api.notify. Never raises."""
+    if job.owner_id is None or not job.is_final:
+        return
+    try:
+        from notifications.api import notify
+    except ImportError:
+        return
+    level, title = _NOTIFY[str(job.status)]
+    if job.status == "SUCCESSFUL":
+        text = job.message or "Done."
+    else:
+        text = job.error_message or job.message
+    link = result_url(job) or ""
+    if not link:
+        try:
+            from django.urls import reverse
+
+            link = reverse("jobs:detail", args=[job.pk])
+        except Exception:
+            link = ""
+    try:
+        notify(job.owner, title=title.format(name=job.display_name), text=text[:1000], level=level, link=link)
+    except Exception:
+        logger.exception("Could not notify the owner of job %s", job.pk)

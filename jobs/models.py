@@ -1,0 +1,257 @@
+"""The Job model: one row per enqueued task, the single source of truth for its state.
+
+Every change a person or a worker makes goes through a compare-and-swap on ``seq`` (the per-job
+event sequence number): ``UPDATE ... SET seq = seq + 1, ... WHERE id = %s AND seq = <known>``, so
+two writers never both win and every published event carries a distinct, increasing ``seq``.
+"""
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from django.conf import settings
+from django.db import models, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from .exceptions import JobStateError
+
+__all__ = ["Job", "JobStatus", "JobQuerySet"]
+
+# A compare-and-swap loses only to a concurrent writer; a few rounds always suffice in practice.
+_CAS_ROUNDS = 20
+
+
+class JobStatus(models.TextChoices):
+    """Django's four TaskResultStatus values, plus CANCELLED kept apart from FAILED."""
+
+    READY = "READY", "Ready"  # waiting to be claimed (new, retried, released or re-queued)
+    RUNNING = "RUNNING", "Running"  # claimed by a worker, heartbeating
+    SUCCESSFUL = "SUCCESSFUL", "Successful"  # the task returned; result holds its value
+    FAILED = "FAILED", "Failed"  # the task raised, timed out, could not start, or its worker was lost
+    CANCELLED = "CANCELLED", "Cancelled"  # cancelled before it ran, or stopped by a cancel request
+
+
+FINAL_STATUSES = frozenset({JobStatus.SUCCESSFUL, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+class JobQuerySet(models.QuerySet):
+    def ready(self) -> JobQuerySet:
+        return self.filter(status=JobStatus.READY)
+
+    def running(self) -> JobQuerySet:
+        return self.filter(status=JobStatus.RUNNING)
+
+    def finished(self) -> JobQuerySet:
+        return self.filter(status__in=FINAL_STATUSES)
+
+    def visible_to(self, user: Any) -> JobQuerySet:
+        """Jobs a user may see: all with jobs.view_job (staff with the permission), else their own."""
+        if user is None or not getattr(user, "is_authenticated", False):
+            return self.none()
+        if user.has_perm("jobs.view_job"):
+            return self
+        return self.filter(owner=user)
+
+
+class Job(models.Model):
+    """One task run by `manage.py jobworker`: what it is, where it stands, what came out."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    # What to run: the dotted path of a django.tasks Task, and its JSON arguments.
+    task_path = models.CharField(max_length=255)
+    name = models.CharField(max_length=200, blank=True, help_text="Human name shown in pages and events.")
+    args = models.JSONField(default=list, blank=True)
+    kwargs = models.JSONField(default=dict, blank=True)
+    queue = models.CharField(max_length=100, default="default")
+    priority = models.SmallIntegerField(default=0, help_text="-100..100; higher runs first.")
+    run_after = models.DateTimeField(default=timezone.now, help_text="Not claimed before this time.")
+    backend = models.CharField(max_length=100, default="default", help_text="The TASKS alias.")
+
+    status = models.CharField(max_length=10, choices=JobStatus.choices, default=JobStatus.READY)
+    progress_done = models.BigIntegerField(default=0)
+    progress_total = models.BigIntegerField(null=True, blank=True)
+    message = models.CharField(max_length=500, blank=True, help_text="The latest status message.")
+    # The last JOBS["LOG_LIMIT"] entries [{"n": 1, "at": iso, "text": str}]; log_count keeps counting.
+    log = models.JSONField(default=list, blank=True)
+    log_count = models.PositiveIntegerField(default=0)
+
+    result = models.JSONField(null=True, blank=True, help_text="The task's return value (JSON).")
+    result_file = models.FileField(upload_to="jobs/", max_length=500, blank=True)
+    error_type = models.CharField(max_length=255, blank=True, help_text="Dotted exception class path.")
+    error_message = models.TextField(blank=True)
+    error_traceback = models.TextField(blank=True)
+
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs"
+    )
+    enqueued_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    worker_id = models.CharField(max_length=100, blank=True, help_text="The worker running it now, or last.")
+    worker_ids = models.JSONField(default=list, blank=True, help_text="One entry per attempt.")
+    attempts = models.PositiveIntegerField(default=0)
+    max_attempts = models.PositiveIntegerField(default=1)
+    time_limit = models.FloatField(null=True, blank=True, help_text="Seconds; empty means unlimited.")
+    cancel_requested = models.BooleanField(default=False)
+    seq = models.PositiveBigIntegerField(default=0, help_text="Per-job event sequence number.")
+
+    objects = JobQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-enqueued_at"]
+        indexes = [
+            # The claim query: READY jobs of some queues, due now, best priority first.
+            models.Index(fields=["status", "queue", "-priority", "run_after"], name="jobs_job_claim"),
+            # The stale-heartbeat sweep over RUNNING jobs.
+            models.Index(fields=["status", "heartbeat_at"], name="jobs_job_stale"),
+            models.Index(fields=["-enqueued_at"], name="jobs_job_enqueued"),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(priority__gte=-100) & Q(priority__lte=100), name="jobs_job_priority_range"
+            ),
+            models.CheckConstraint(condition=Q(max_attempts__gte=1), name="jobs_job_max_attempts_min"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.display_name} ({self.status}) {self.id}"
+
+    # Derived values -----------------------------------------------------------------------
+
+    @property
+    def display_name(self) -> str:
+        if self.name:
+            return self.name
+        func = self.task_path.rsplit(".", 1)[-1]
+        return func.replace("_", " ").strip().capitalize() or self.task_path
+
+    @property
+    def percent(self) -> float | None:
+        """Progress in percent (0..100, one decimal), or None when the total is unknown."""
+        if not self.progress_total or self.progress_total <= 0:
+            return None
+        return round(min(100.0, max(0.0, 100.0 * self.progress_done / self.progress_total)), 1)
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+    @property
+    def duration(self):
+        """Run time (a timedelta) once started: until finished, or until now while running."""
+        if self.started_at is None:
+            return None
+        return (self.finished_at or timezone.now()) - self.started_at
+
+    # Guarded state changes --------------------------------------------------------------------
+
+    def cas_update(self, **changes: Any) -> bool:
+        """Write ``changes`` and ``seq + 1`` if the row still has this instance's ``seq``.
+
+        On success the instance holds the new values; on failure nothing was written and the
+        caller should ``refresh_from_db()`` and decide again.
+        """
+        updated = type(self).objects.filter(pk=self.pk, seq=self.seq).update(seq=self.seq + 1, **changes)
+        if updated:
+            for field, value in changes.items():
+                setattr(self, field, value)
+            self.seq += 1
+        return bool(updated)
+
+    def cancel(self) -> bool:
+        """Cancel: a READY job ends CANCELLED at once; a RUNNING one gets ``cancel_requested``.
+
+        Returns True when the job ended now, False when the running task was asked to stop.
+        Raises JobStateError for a job that already finished. The event is published after commit.
+        """
+        for _ in range(_CAS_ROUNDS):
+            self.refresh_from_db()
+            if self.status == JobStatus.READY:
+                now = timezone.now()
+                done = self.cas_update(
+                    status=JobStatus.CANCELLED,
+                    cancel_requested=True,
+                    finished_at=now,
+                    error_type="jobs.exceptions.JobCancelled",
+                    error_message="Cancelled before it started.",
+                    error_traceback="",
+                )
+                ended = True
+            elif self.status == JobStatus.RUNNING:
+                if self.cancel_requested:
+                    return False
+                done = self.cas_update(cancel_requested=True)
+                ended = False
+            else:
+                raise JobStateError(
+                    f"Job {self.pk} already finished ({self.status}); only READY or RUNNING jobs can be cancelled."
+                )
+            if done:
+                self._publish_on_commit(notify=ended)
+                return ended
+        raise JobStateError(f"Job {self.pk} kept changing while being cancelled; try again.")
+
+    def retry(self) -> None:
+        """Run a FAILED or CANCELLED job again (same row, one more attempt allowed).
+
+        Raises JobStateError for READY, RUNNING or SUCCESSFUL jobs. Progress, result and error are
+        cleared; the log is kept, with a line saying the job was retried.
+        """
+        for _ in range(_CAS_ROUNDS):
+            self.refresh_from_db()
+            if self.status not in {JobStatus.FAILED, JobStatus.CANCELLED}:
+                raise JobStateError(
+                    f"Job {self.pk} is {self.status}; only FAILED or CANCELLED jobs can be retried."
+                )
+            now = timezone.now()
+            log, log_count = self.appended_log([(now, f"Retried after {self.status.lower()}.")])
+            if self.cas_update(
+                status=JobStatus.READY,
+                run_after=now,
+                max_attempts=max(self.max_attempts, self.attempts + 1),
+                cancel_requested=False,
+                progress_done=0,
+                progress_total=None,
+                message="",
+                result=None,
+                error_type="",
+                error_message="",
+                error_traceback="",
+                started_at=None,
+                finished_at=None,
+                heartbeat_at=None,
+                log=log,
+                log_count=log_count,
+            ):
+                self._publish_on_commit(wakeup=True)
+                return
+        raise JobStateError(f"Job {self.pk} kept changing while being retried; try again.")
+
+    def appended_log(self, entries: list[tuple[Any, str]]) -> tuple[list[dict], int]:
+        """The log with ``entries`` ((datetime, text) pairs) appended and capped; and the new count."""
+        from . import conf
+
+        limit = max(1, int(conf.get("LOG_LIMIT")))
+        log = list(self.log or [])
+        count = self.log_count
+        for at, text in entries:
+            count += 1
+            log.append({"n": count, "at": at.isoformat(), "text": str(text)[:2000]})
+        return log[-limit:], count
+
+    def _publish_on_commit(self, *, wakeup: bool = False, notify: bool = False) -> None:
+        from . import events
+
+        snapshot = events.job_event(self)
+        queue, owner_id = self.queue, self.owner_id
+
+        def send() -> None:
+            events.publish_event(snapshot)
+            if wakeup:
+                events.publish_wakeup(queue)
+            if notify and owner_id is not None:
+                events.notify_owner_of(self)
+
+        transaction.on_commit(send)
