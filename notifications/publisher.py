@@ -1,0 +1,688 @@
+"""Sync publishing to STOMP from Django code and the worker: one connection per process.
+
+`publish()` only appends to a bounded in-memory buffer and wakes a background thread; that
+thread owns the only broker connection (stomp.py), sends in order, asks for a RECEIPT after
+each batch, and keeps sent-but-unacknowledged messages so a connection lost mid-stream
+re-sends them after reconnecting (at-least-once: job events carry a sequence number, so a
+duplicate is harmless to a client, a loss is not).
+
+Buffer policy: at most NOTIFICATIONS["PUBLISHER_BUFFER"] messages are held (pending plus
+unacknowledged). When full, the *oldest* message is dropped and counted: the newest state is
+the one a late subscriber needs, and the database keeps every job's truth anyway. A pending
+message with the same coalesce_key as a new one is replaced in place (latest state wins,
+position kept), so a job's stream of progress events takes one slot while the broker is away.
+
+Logging: one WARNING when an outage starts and one INFO when the broker is back (with the
+number of messages buffered and dropped); nothing per message or per retry. stomp.py's own
+per-attempt log lines are filtered out (set the "stomp.py" logger to DEBUG to see them).
+"""
+from __future__ import annotations
+
+import atexit
+import itertools
+import json
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import stomp
+
+from notifications import conf
+
+__all__ = [
+    "publish",
+    "get_publisher",
+    "Publisher",
+    "PublisherStats",
+    "Callback",
+]
+
+logger = logging.getLogger(__name__)
+
+Callback = Callable[[dict, bytes], None]
+
+# Messages sent per batch before asking for a RECEIPT: one receipt per batch keeps the broker's
+# extra work small while bounding what a lost connection forces us to re-send.
+BATCH_SIZE = 200
+# Sent but not yet acknowledged messages allowed before the thread waits for receipts; keeps a
+# slow broker from making us hold an unbounded amount of in-flight data on the socket.
+MAX_IN_FLIGHT = 2_000
+# How long one connection attempt (TCP connect plus the CONNECTED frame) may take.
+CONNECT_TIMEOUT = 3.0
+# At interpreter exit, wait this long for buffered messages to reach the broker.
+ATEXIT_FLUSH_TIMEOUT = 2.0
+# How long close() waits for the background thread.
+CLOSE_JOIN_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class PublisherStats:
+    """A snapshot of a publisher's counters, for tests, the debug report and the admin."""
+
+    connected: bool
+    pending: int  # queued, not yet sent
+    in_flight: int  # sent, waiting for the broker's RECEIPT
+    published: int  # publish() calls accepted
+    sent: int  # SEND frames written (re-sends after a reconnect included)
+    acknowledged: int  # messages confirmed by a RECEIPT
+    coalesced: int  # pending messages replaced by a newer one with the same coalesce_key
+    dropped: int  # oldest messages dropped because the buffer was full
+    rejected: int  # publish() calls refused (payload not serialisable, publisher closed)
+    outages: int  # times the broker became unreachable
+    connects: int  # successful connections
+
+
+class _Entry:
+    """One queued message. Mutable on purpose: coalescing swaps the body in place so the
+    message keeps its position (and its sequence number) in the buffer."""
+
+    __slots__ = ("seq", "destination", "body", "headers", "key")
+
+    def __init__(self, seq: int, destination: str, body: bytes, headers: dict, key: str | None):
+        self.seq = seq
+        self.destination = destination
+        self.body = body
+        self.headers = headers
+        self.key = key
+
+
+class _QuietStompLogs(logging.Filter):
+    """Drop stomp.py's per-attempt INFO/WARNING/ERROR lines: the publisher reports each outage
+    once itself. Lines pass when someone set the "stomp.py" logger to DEBUG to investigate."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.INFO:
+            return True
+        return logging.getLogger("stomp.py").level == logging.DEBUG
+
+
+_stomp_filter_installed = False
+
+
+def _install_stomp_log_filter() -> None:
+    global _stomp_filter_installed
+    if not _stomp_filter_installed:
+        logging.getLogger("stomp.py").addFilter(_QuietStompLogs())
+        _stomp_filter_installed = True
+
+
+class _Listener(stomp.ConnectionListener):
+    """Forwards stomp.py's callbacks (on its receiver thread) to the publisher, tagged with
+    the connection generation so late callbacks of an old connection are ignored."""
+
+    def __init__(self, publisher: Publisher, generation: int):
+        self._publisher = publisher
+        self._generation = generation
+
+    def on_connected(self, frame) -> None:
+        self._publisher._on_connected(self._generation)
+
+    def on_error(self, frame) -> None:
+        self._publisher._on_error(self._generation, frame)
+
+    def on_receipt(self, frame) -> None:
+        self._publisher._on_receipt(self._generation, frame.headers.get("receipt-id", ""))
+
+    def on_message(self, frame) -> None:
+        self._publisher._on_message(frame)
+
+    def on_disconnected(self) -> None:
+        self._publisher._on_lost(self._generation, "connection closed")
+
+    def on_heartbeat_timeout(self) -> None:
+        self._publisher._on_lost(self._generation, "heart-beat timeout")
+
+
+class Publisher:
+    """Owns one STOMP connection on a background thread; see the module docstring.
+
+    Every argument defaults to the NOTIFICATIONS setting of the same name. The thread starts
+    on first use (publish, subscribe or flush).
+    """
+
+    def __init__(
+        self,
+        url: str | conf.BrokerURL | None = None,
+        *,
+        buffer_size: int | None = None,
+        reconnect_min: float | None = None,
+        reconnect_max: float | None = None,
+        heartbeat_ms: int | None = None,
+    ) -> None:
+        if url is None:
+            url = conf.get("BROKER_URL")
+        self.url: conf.BrokerURL = conf.parse_broker_url(url) if isinstance(url, str) else url
+        self.buffer_size = int(buffer_size if buffer_size is not None else conf.get("PUBLISHER_BUFFER"))
+        if self.buffer_size < 1:
+            raise ValueError(f"PUBLISHER_BUFFER must be at least 1, not {self.buffer_size}")
+        self.reconnect_min = float(reconnect_min if reconnect_min is not None else conf.get("RECONNECT_MIN"))
+        self.reconnect_max = float(reconnect_max if reconnect_max is not None else conf.get("RECONNECT_MAX"))
+        if not 0 < self.reconnect_min <= self.reconnect_max:
+            raise ValueError(
+                f"RECONNECT_MIN ({self.reconnect_min}) must be positive and at most RECONNECT_MAX ({self.reconnect_max})"
+            )
+        self.heartbeat_ms = int(heartbeat_ms if heartbeat_ms is not None else conf.get("HEARTBEAT_MS"))
+        self._pid = os.getpid()
+
+        self._cond = threading.Condition()
+        self._pending: deque[_Entry] = deque()
+        self._by_key: dict[str, _Entry] = {}
+        self._in_flight: deque[_Entry] = deque()
+        self._seq = itertools.count(1)
+        self._last_seq = 0
+        self._subscriptions: dict[str, tuple[str, Callback]] = {}
+        self._new_subscriptions: list[str] = []
+        self._sub_ids = itertools.count(1)
+
+        self._thread: threading.Thread | None = None
+        self._closing = False
+        self._closed = False
+        self._conn: stomp.Connection12 | None = None
+        self._generation = 0
+        self._connected = False
+        self._connect_event = threading.Event()
+        self._connect_error: str | None = None
+        self._lost_reason: str | None = None
+
+        self._outage_since: float | None = None
+        self._outage_dropped = 0
+        self._overflow_logged = False
+        self._counts = dict.fromkeys(
+            ("published", "sent", "acknowledged", "coalesced", "dropped", "rejected", "outages", "connects"), 0
+        )
+
+    # ----------------------------------------------------------------- caller side
+
+    def publish(
+        self,
+        destination: str,
+        payload: dict | list | str | bytes,
+        *,
+        headers: dict | None = None,
+        coalesce_key: str | None = None,
+    ) -> None:
+        """Queue one message; never blocks on the network and never raises.
+
+        dict/list payloads become JSON (content-type application/json), str becomes UTF-8
+        text/plain, bytes are sent as they are (application/octet-stream unless headers say).
+        """
+        try:
+            body, content_type = _encode(payload)
+            frame_headers = {"content-type": content_type}
+            if headers:
+                frame_headers.update({str(k): str(v) for k, v in headers.items()})
+            if not isinstance(destination, str) or not destination.startswith("/"):
+                raise ValueError(f"destination must be a string like /topic/name, not {destination!r}")
+        except Exception as exc:
+            with self._cond:
+                self._counts["rejected"] += 1
+            logger.error("Not publishing to %r: %s", destination, exc)
+            return
+        try:
+            self._enqueue(destination, body, frame_headers, coalesce_key)
+        except Exception:  # never let a publishing problem fail the caller's work
+            logger.exception("Publisher failed to queue a message for %s", destination)
+
+    def _enqueue(self, destination: str, body: bytes, headers: dict, key: str | None) -> None:
+        with self._cond:
+            if self._closing:
+                self._counts["rejected"] += 1
+                logger.debug("Publisher closed; dropping a message for %s", destination)
+                return
+            self._counts["published"] += 1
+            if key is not None:
+                existing = self._by_key.get(key)
+                if existing is not None:
+                    existing.destination = destination
+                    existing.body = body
+                    existing.headers = headers
+                    self._counts["coalesced"] += 1
+                    self._ensure_thread()
+                    return
+            seq = next(self._seq)
+            self._last_seq = seq
+            entry = _Entry(seq, destination, body, headers, key)
+            self._pending.append(entry)
+            if key is not None:
+                self._by_key[key] = entry
+            while len(self._pending) + len(self._in_flight) > self.buffer_size and self._pending:
+                self._drop_oldest()
+            self._ensure_thread()
+            self._cond.notify_all()
+
+    def _drop_oldest(self) -> None:
+        # Called with the lock held. In-flight messages are already on the wire, so the
+        # oldest *pending* one goes; the bound still holds because in-flight is capped too.
+        victim = self._pending.popleft()
+        if victim.key is not None and self._by_key.get(victim.key) is victim:
+            del self._by_key[victim.key]
+        self._counts["dropped"] += 1
+        if self._outage_since is not None:
+            self._outage_dropped += 1
+        elif not self._overflow_logged:
+            self._overflow_logged = True
+            logger.warning(
+                "STOMP publisher buffer full (%d messages) while connected to %s: dropping the oldest",
+                self.buffer_size,
+                self.url,
+            )
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until every message queued before this call was acknowledged by the broker
+        (a RECEIPT). True if so within `timeout` seconds; False on timeout or if some of
+        those messages had to be dropped."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        with self._cond:
+            target = self._last_seq
+            dropped_before = self._counts["dropped"]
+            if target and not self._closing:
+                self._ensure_thread()
+            while True:
+                oldest = self._oldest_unacked()
+                if oldest is None or oldest > target:
+                    return self._counts["dropped"] == dropped_before
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._closed:
+                    return False
+                self._cond.wait(remaining)
+
+    def _oldest_unacked(self) -> int | None:
+        # Both deques are in sequence order: coalescing keeps positions, re-sends go in front.
+        if self._in_flight:
+            return self._in_flight[0].seq
+        if self._pending:
+            return self._pending[0].seq
+        return None
+
+    def subscribe(self, destination: str, callback: Callback) -> None:
+        """Receive messages sent to `destination`: callback(headers: dict, body: bytes) runs on
+        the client's receiver thread (keep it short). The subscription is renewed after every
+        reconnect. A message published after this call on the same publisher is received."""
+        with self._cond:
+            if self._closing:
+                raise RuntimeError("Publisher is closed")
+            sub_id = f"sub-{next(self._sub_ids)}"
+            self._subscriptions[sub_id] = (destination, callback)
+            self._new_subscriptions.append(sub_id)
+            self._ensure_thread()
+            self._cond.notify_all()
+
+    def stats(self) -> PublisherStats:
+        with self._cond:
+            return PublisherStats(
+                connected=self._connected,
+                pending=len(self._pending),
+                in_flight=len(self._in_flight),
+                **self._counts,
+            )
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    def close(self, timeout: float = CLOSE_JOIN_TIMEOUT) -> None:
+        """Stop the thread and disconnect. Unsent messages are discarded (call flush() first to
+        deliver them). Idempotent; later publish() calls are counted as rejected."""
+        with self._cond:
+            if self._closing:
+                thread = None
+            else:
+                self._closing = True
+                thread = self._thread
+                self._cond.notify_all()
+        self._connect_event.set()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    # ----------------------------------------------------------------- the thread
+
+    def _ensure_thread(self) -> None:
+        # Lock held by the caller. Starting a thread is not socket I/O and happens once.
+        if self._thread is None and not self._closing:
+            self._thread = threading.Thread(target=self._run, name="stomp-publisher", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        backoff = self.reconnect_min
+        try:
+            while not self._closing:
+                if not self._connected:
+                    error = self._connect()
+                    if error is not None:
+                        self._note_outage(error)
+                        with self._cond:
+                            if not self._closing:
+                                self._cond.wait(backoff)
+                        backoff = min(backoff * 2, self.reconnect_max)
+                        continue
+                    backoff = self.reconnect_min
+                    self._note_back()
+                self._pump()
+        except Exception:
+            logger.exception("STOMP publisher thread crashed; messages are no longer sent")
+        finally:
+            self._teardown(graceful=True)
+
+    def _pump(self) -> None:
+        """Send what is pending until the connection is lost or the publisher closes."""
+        while True:
+            with self._cond:
+                while (
+                    not self._closing
+                    and self._lost_reason is None
+                    and not self._new_subscriptions
+                    and (not self._pending or len(self._in_flight) >= MAX_IN_FLIGHT)
+                ):
+                    self._cond.wait()
+                if self._closing:
+                    return
+                if self._lost_reason is not None:
+                    reason = self._lost_reason
+                    self._requeue_in_flight()
+                    break
+                new_subs = [(i, self._subscriptions[i][0]) for i in self._new_subscriptions]
+                self._new_subscriptions.clear()
+                batch: list[_Entry] = []
+                room = min(BATCH_SIZE, MAX_IN_FLIGHT - len(self._in_flight))
+                while self._pending and len(batch) < room:
+                    entry = self._pending.popleft()
+                    if entry.key is not None and self._by_key.get(entry.key) is entry:
+                        del self._by_key[entry.key]
+                    batch.append(entry)
+                    self._in_flight.append(entry)
+                generation = self._generation
+                conn = self._conn
+            try:
+                for sub_id, destination in new_subs:
+                    conn.subscribe(destination, id=sub_id, ack="auto")
+                for i, entry in enumerate(batch):
+                    headers = entry.headers
+                    if i == len(batch) - 1:
+                        headers = {**headers, "receipt": f"pub-{generation}-{entry.seq}"}
+                    conn.send(entry.destination, entry.body, headers=headers)
+                    with self._cond:
+                        self._counts["sent"] += 1
+            except Exception as exc:
+                with self._cond:
+                    if self._lost_reason is None:
+                        self._lost_reason = f"send failed: {exc or type(exc).__name__}"
+                    reason = self._lost_reason
+                    self._requeue_in_flight()
+                break
+        self._teardown(graceful=False)
+        self._note_outage(reason)
+
+    def _requeue_in_flight(self) -> None:
+        # Lock held. Unacknowledged messages go back in front, in order; one superseded by a
+        # newer pending message with the same coalesce_key is dropped instead (latest wins).
+        while self._in_flight:
+            entry = self._in_flight.pop()
+            if entry.key is not None and entry.key in self._by_key:
+                continue
+            self._pending.appendleft(entry)
+            if entry.key is not None:
+                self._by_key[entry.key] = entry
+
+    def _connect(self) -> str | None:
+        """One connection attempt; None on success, else the reason."""
+        _install_stomp_log_filter()
+        with self._cond:
+            self._generation += 1
+            generation = self._generation
+            self._connect_event.clear()
+            self._connect_error = None
+            self._lost_reason = None
+        url = self.url
+        conn = stomp.Connection12(
+            [(url.host, url.port)],
+            prefer_localhost=False,
+            try_loopback_connect=False,
+            reconnect_sleep_initial=0.0,
+            reconnect_sleep_increase=0.0,
+            reconnect_sleep_jitter=0.0,
+            reconnect_attempts_max=1,
+            timeout=CONNECT_TIMEOUT,
+            heartbeats=(self.heartbeat_ms, self.heartbeat_ms),
+            # The STOMP host header names the virtual host; RabbitMQ reads it as its vhost, so
+            # without one in the URL we send its default "/" rather than the machine name.
+            vhost=url.vhost or "/",
+            auto_decode=False,
+        )
+        conn.set_listener("publisher", _Listener(self, generation))
+        try:
+            conn.connect(url.login, url.passcode, wait=False, with_connect_command=True)
+        except Exception as exc:
+            _stop_quietly(conn)
+            return _describe(exc)
+        if not self._connect_event.wait(CONNECT_TIMEOUT) or self._closing:
+            _stop_quietly(conn)
+            return "no CONNECTED frame within %.0f s" % CONNECT_TIMEOUT
+        if self._connect_error is not None:
+            _stop_quietly(conn)
+            return self._connect_error
+        with self._cond:
+            lost = self._lost_reason
+            if lost is None:
+                self._conn = conn
+                self._connected = True
+                self._counts["connects"] += 1
+                # Renew every subscription on the new connection before anything else is sent.
+                self._new_subscriptions = list(self._subscriptions)
+                self._cond.notify_all()
+        if lost is not None:
+            _stop_quietly(conn)
+            return lost
+        return None
+
+    def _teardown(self, *, graceful: bool) -> None:
+        with self._cond:
+            conn, self._conn = self._conn, None
+            self._connected = False
+            self._cond.notify_all()
+        if conn is None:
+            return
+        if graceful:
+            try:
+                conn.disconnect()
+            except Exception:
+                pass
+        _stop_quietly(conn)
+
+    def _note_outage(self, reason: str) -> None:
+        with self._cond:
+            if self._outage_since is not None or self._closing:
+                logger.debug("STOMP broker %s still unreachable: %s", self.url, reason)
+                return
+            self._outage_since = time.monotonic()
+            self._outage_dropped = 0
+            self._counts["outages"] += 1
+            waiting = len(self._pending) + len(self._in_flight)
+        logger.warning(
+            "STOMP broker %s unreachable (%s); buffering up to %d messages (%d waiting), "
+            "retrying every %g-%g s",
+            self.url,
+            reason,
+            self.buffer_size,
+            waiting,
+            self.reconnect_min,
+            self.reconnect_max,
+        )
+
+    def _note_back(self) -> None:
+        with self._cond:
+            since, self._outage_since = self._outage_since, None
+            dropped, self._outage_dropped = self._outage_dropped, 0
+            waiting = len(self._pending) + len(self._in_flight)
+            self._overflow_logged = False
+        if since is None:
+            logger.debug("Connected to STOMP broker %s", self.url)
+            return
+        logger.info(
+            "STOMP broker %s back after %.1f s; sending %d buffered messages (%d dropped while it was away)",
+            self.url,
+            time.monotonic() - since,
+            waiting,
+            dropped,
+        )
+
+    # ------------------------------------------------- stomp.py receiver-thread callbacks
+
+    def _on_connected(self, generation: int) -> None:
+        if generation == self._generation:
+            self._connect_event.set()
+
+    def _on_error(self, generation: int, frame) -> None:
+        message = frame.headers.get("message", "") or (frame.body or b"")[:200].decode("utf-8", "replace")
+        if generation != self._generation:
+            return
+        if not self._connect_event.is_set():
+            self._connect_error = f"broker refused the connection: {message.strip()}"
+            self._connect_event.set()
+        else:
+            # After an ERROR frame the broker closes the connection (STOMP 1.2); the resulting
+            # disconnect re-sends whatever was not acknowledged.
+            logger.error("STOMP broker %s sent an ERROR frame: %s", self.url, message.strip())
+            self._on_lost(generation, f"ERROR frame: {message.strip()}")
+
+    def _on_receipt(self, generation: int, receipt_id: str) -> None:
+        prefix = f"pub-{generation}-"
+        if not receipt_id.startswith(prefix):
+            return
+        try:
+            seq = int(receipt_id[len(prefix):])
+        except ValueError:
+            return
+        with self._cond:
+            if generation != self._generation:
+                return
+            # A RECEIPT covers every frame sent before it on this connection.
+            while self._in_flight and self._in_flight[0].seq <= seq:
+                self._in_flight.popleft()
+                self._counts["acknowledged"] += 1
+            if not self._pending and not self._in_flight:
+                self._overflow_logged = False
+            self._cond.notify_all()
+
+    def _on_lost(self, generation: int, reason: str) -> None:
+        with self._cond:
+            if generation != self._generation:
+                return
+            if not self._connect_event.is_set():
+                self._connect_error = reason
+                self._connect_event.set()
+            if self._lost_reason is None:
+                self._lost_reason = reason
+            self._cond.notify_all()
+
+    def _on_message(self, frame) -> None:
+        headers = dict(frame.headers)
+        entry = self._subscriptions.get(headers.get("subscription", ""))
+        if entry is None:
+            return
+        body = frame.body if isinstance(frame.body, bytes) else str(frame.body).encode()
+        try:
+            entry[1](headers, body)
+        except Exception:
+            logger.exception("Subscriber callback for %s failed", entry[0])
+
+
+def _encode(payload: Any) -> tuple[bytes, str]:
+    if isinstance(payload, bytes):
+        return payload, "application/octet-stream"
+    if isinstance(payload, str):
+        return payload.encode("utf-8"), "text/plain;charset=utf-8"
+    if isinstance(payload, (dict, list)):
+        from django.core.serializers.json import DjangoJSONEncoder
+
+        text = json.dumps(payload, cls=DjangoJSONEncoder, separators=(",", ":"), ensure_ascii=False)
+        return text.encode("utf-8"), "application/json"
+    raise TypeError(f"payload must be a dict, list, str or bytes, not {type(payload).__name__}")
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _stop_quietly(conn: stomp.Connection12) -> None:
+    try:
+        conn.transport.disconnect_socket()
+    except Exception:
+        pass
+
+
+# --------------------------------------------------------------------- process singleton
+
+_publisher: Publisher | None = None
+_singleton_lock = threading.Lock()
+_atexit_registered = False
+
+
+def get_publisher() -> Publisher:
+    """This process's publisher (created on first use from the NOTIFICATIONS settings).
+
+    A forked child gets a fresh one: the parent's thread and socket do not exist there."""
+    global _publisher, _atexit_registered
+    publisher = _publisher
+    if publisher is not None and publisher._pid == os.getpid():
+        return publisher
+    with _singleton_lock:
+        if _publisher is None or _publisher._pid != os.getpid():
+            _publisher = Publisher()
+            if not _atexit_registered:
+                atexit.register(_flush_at_exit)
+                _atexit_registered = True
+        return _publisher
+
+
+def publish(
+    destination: str,
+    payload: dict | list | str | bytes,
+    *,
+    headers: dict | None = None,
+    coalesce_key: str | None = None,
+) -> None:
+    """Publish through this process's publisher; never blocks on the network, never raises."""
+    try:
+        publisher = get_publisher()
+    except Exception:
+        logger.exception("No STOMP publisher (check NOTIFICATIONS['BROKER_URL']); message for %s dropped", destination)
+        return
+    publisher.publish(destination, payload, headers=headers, coalesce_key=coalesce_key)
+
+
+def _flush_at_exit() -> None:
+    publisher = _publisher
+    if publisher is None or publisher._pid != os.getpid():
+        return
+    try:
+        if not publisher.flush(ATEXIT_FLUSH_TIMEOUT):
+            stats = publisher.stats()
+            logger.warning(
+                "Exiting with %d STOMP messages not confirmed by the broker %s",
+                stats.pending + stats.in_flight,
+                publisher.url,
+            )
+        publisher.close(timeout=1.0)
+    except Exception:
+        pass
+
+
+def _after_fork_in_child() -> None:
+    # The parent's publisher has no thread here and shares the parent's socket: never use it,
+    # never close it (that would disturb the parent's connection). The next call makes a new one.
+    global _publisher, _singleton_lock
+    _publisher = None
+    _singleton_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
