@@ -89,9 +89,10 @@ def publish_event(event: dict[str, Any]) -> None:
     if publish is None:
         return
     job_id = event["id"]
-    for destination in (destinations.job(job_id), destinations.JOBS_ALL):
+    # The publisher coalesces by key alone, so each destination needs its own key.
+    for destination, key in ((destinations.job(job_id), f"job:{job_id}"), (destinations.JOBS_ALL, f"job:{job_id}:all")):
         try:
-            publish(destination, event, coalesce_key=f"job:{job_id}")
+            publish(destination, event, coalesce_key=key)
         except Exception:  # publishing must never break a state change that is already committed
             logger.exception("Could not publish the event of job %s to %s", job_id, destination)
 

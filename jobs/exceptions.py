@@ -8,6 +8,7 @@ __all__ = [
     "JobTimeout",
     "WorkerLost",
     "UnknownTask",
+    "InvalidArguments",
 ]
 
 
@@ -36,3 +37,7 @@ class WorkerLost(JobError):
 
 class UnknownTask(JobError):
     """The job's task path does not import to a task (the code was removed or renamed)."""
+
+
+class InvalidArguments(JobError, TypeError):
+    """Task arguments that would not survive being stored as JSON; nothing was enqueued."""

@@ -1,0 +1,247 @@
+"""A django.tasks backend whose results are Job rows, run by `manage.py jobworker`.
+
+    TASKS = {"default": {"BACKEND": "jobs.backends.JobBackend", "QUEUES": ["default", "reports"]}}
+
+Tasks are declared with Django's own decorator; this backend adds two options to it:
+
+    @task(max_attempts=3, time_limit=60)   # retried with backoff up to 3 runs; failed after 60 s
+    def build_report(n): ...
+
+Per enqueue, `jobs.api.job_options(owner=..., name=..., max_attempts=..., time_limit=...)` (a
+context manager) or `jobs.api.enqueue_for(user, task, *args, **kwargs)` set the same values.
+
+Validation happens at the call that enqueues, and nothing is written when it fails: an unknown
+queue (the error names the known ones), arguments that are not JSON, a run_after more than
+RUN_AFTER_TOLERANCE in the past, a task the worker could not import by its dotted path. A row
+whose task path no longer imports when the worker picks it up ends FAILED (jobs.exceptions.UnknownTask).
+"""
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import math
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.tasks import Task, TaskResult, TaskResultStatus
+from django.tasks.backends.base import BaseTaskBackend
+from django.tasks.base import TaskError
+from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
+from django.tasks.signals import task_enqueued
+from django.utils import timezone
+from django.utils.json import normalize_json
+from django.utils.module_loading import import_string
+
+from . import conf
+from .exceptions import InvalidArguments
+
+__all__ = ["JobBackend", "JobTask", "EnqueueOptions", "RUN_AFTER_TOLERANCE", "current_options", "load_task"]
+
+logger = logging.getLogger(__name__)
+
+# A run_after this far in the past is a mistake (a stale value, a wrong time zone), not clock jitter
+# between computing "now" and enqueueing.
+RUN_AFTER_TOLERANCE = timedelta(seconds=5)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobTask(Task):
+    """Django's Task plus the two options this backend understands (None: JOBS defaults)."""
+
+    max_attempts: int | None = None  # total runs allowed; failures are retried with exponential backoff
+    time_limit: float | None = None  # seconds; the worker fails the job (JobTimeout) past it
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueOptions:
+    """Per-enqueue extras set by jobs.api.job_options(); None keeps the task's or JOBS' default."""
+
+    owner: Any = None
+    name: str | None = None
+    max_attempts: int | None = None
+    time_limit: float | None = None
+
+
+_options: contextvars.ContextVar[EnqueueOptions | None] = contextvars.ContextVar("jobs_enqueue_options", default=None)
+
+
+def current_options() -> EnqueueOptions:
+    return _options.get() or EnqueueOptions()
+
+
+def _missing_task_placeholder(*args: Any, **kwargs: Any) -> None:
+    """Stands in for a task whose path no longer imports, so its old results stay readable."""
+    raise RuntimeError("This task no longer exists.")
+
+
+def load_task(path: str) -> Task:
+    """The Task at a dotted path; raises ImportError or TypeError with a readable message."""
+    try:
+        obj = import_string(path)
+    except ImportError as exc:
+        raise ImportError(f"Task {path!r} cannot be imported: {exc}") from exc
+    if not isinstance(obj, Task):
+        raise TypeError(f"{path!r} is a {type(obj).__name__}, not a task (decorate it with @task).")
+    return obj
+
+
+def _check_limits(max_attempts: Any, time_limit: Any, where: str) -> None:
+    if max_attempts is not None and (
+        isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1
+    ):
+        raise InvalidTask(f"{where}: max_attempts must be a whole number of at least 1, not {max_attempts!r}.")
+    if time_limit is not None and (
+        isinstance(time_limit, bool)
+        or not isinstance(time_limit, (int, float))
+        or not math.isfinite(time_limit)
+        or time_limit <= 0
+    ):
+        raise InvalidTask(f"{where}: time_limit must be a positive number of seconds, not {time_limit!r}.")
+
+
+def _json_arguments(task_path: str, args: Any, kwargs: Any) -> tuple[list, dict]:
+    """The arguments as stored, or InvalidArguments saying which value does not survive JSON."""
+    for label, value in (("args", args), ("kwargs", kwargs)):
+        try:
+            normalized = normalize_json(value)
+            round_tripped = json.loads(json.dumps(value, allow_nan=False))
+        except (TypeError, ValueError) as exc:
+            raise InvalidArguments(
+                f"The {label} of {task_path} must be JSON-serialisable (str, int, float, bool, None, "
+                f"lists and dicts with str keys): {exc}"
+            ) from exc
+        if round_tripped != normalized:
+            raise InvalidArguments(
+                f"The {label} of {task_path} change when stored as JSON ({value!r} would come back as "
+                f"{round_tripped!r}); use str dict keys and plain lists."
+            )
+    return list(normalize_json(args)), dict(normalize_json(kwargs))
+
+
+class JobBackend(BaseTaskBackend):
+    """Results are Job rows; `manage.py jobworker` runs them."""
+
+    task_class = JobTask
+    supports_defer = True
+    supports_async_task = True
+    supports_get_result = True
+    supports_priority = True
+
+    def validate_task(self, task: Task) -> None:
+        if self.queues and task.queue_name not in self.queues:
+            raise InvalidTask(
+                f"Queue {task.queue_name!r} is not one of the queues of task backend {self.alias!r}: "
+                f"{', '.join(sorted(self.queues))} (TASKS[{self.alias!r}]['QUEUES'])."
+            )
+        super().validate_task(task)
+        _check_limits(getattr(task, "max_attempts", None), getattr(task, "time_limit", None), task.module_path)
+
+    def enqueue(self, task: Task, args: Any, kwargs: Any) -> TaskResult:
+        from .models import Job
+
+        self.validate_task(task)
+        path = task.module_path
+        try:
+            importable = load_task(path)
+        except (ImportError, TypeError) as exc:
+            raise InvalidTask(f"The worker could not run {path}: {exc}") from exc
+        if importable.func is not task.func:
+            raise InvalidTask(f"{path} does not import to this task's function; the worker could not run it.")
+        args, kwargs = _json_arguments(path, args, kwargs)
+
+        now = timezone.now()
+        run_after = task.run_after
+        if run_after is not None and run_after < now - RUN_AFTER_TOLERANCE:
+            raise InvalidTask(
+                f"run_after {run_after.isoformat()} is in the past (now {now.isoformat()}); "
+                "leave it out to run the task as soon as possible."
+            )
+
+        options = current_options()
+        _check_limits(options.max_attempts, options.time_limit, "job_options()")
+        max_attempts = options.max_attempts or getattr(task, "max_attempts", None) or int(conf.get("MAX_ATTEMPTS"))
+        time_limit = options.time_limit or getattr(task, "time_limit", None)
+        if time_limit is None and conf.get("TIME_LIMIT") is not None:
+            time_limit = float(conf.get("TIME_LIMIT"))
+        owner = options.owner
+        if owner is not None and not getattr(owner, "is_authenticated", False):
+            owner = None  # AnonymousUser: nobody to own the job
+
+        job = Job.objects.create(
+            task_path=path,
+            name=(options.name or "")[:200],
+            args=args,
+            kwargs=kwargs,
+            queue=task.queue_name,
+            priority=task.priority,
+            run_after=max(run_after, now) if run_after is not None else now,
+            backend=self.alias,
+            owner=owner,
+            enqueued_at=now,
+            max_attempts=max_attempts,
+            time_limit=time_limit,
+        )
+        result = self._to_result(job, task)
+        task_enqueued.send(type(self), task_result=result)
+
+        from . import events
+
+        snapshot = events.job_event(job)
+        queue = job.queue
+
+        def announce() -> None:
+            events.publish_event(snapshot)
+            events.publish_wakeup(queue)
+
+        transaction.on_commit(announce)
+        return result
+
+    def get_result(self, result_id: Any) -> TaskResult:
+        from .models import Job
+
+        try:
+            job = Job.objects.get(pk=uuid.UUID(str(result_id)))
+        except (ValueError, ValidationError, Job.DoesNotExist) as exc:
+            raise TaskResultDoesNotExist(result_id) from exc
+        return self.result_from_job(job)
+
+    def result_from_job(self, job: Any) -> TaskResult:
+        """The TaskResult view of a Job row (CANCELLED shows as FAILED, with a JobCancelled error)."""
+        try:
+            task = load_task(job.task_path)
+        except (ImportError, TypeError):
+            task = JobTask(func=_missing_task_placeholder, backend=self.alias)
+        return self._to_result(job, task)
+
+    def _to_result(self, job: Any, task: Task) -> TaskResult:
+        try:
+            task = task.using(priority=job.priority, queue_name=job.queue, backend=job.backend)
+        except InvalidTask:  # the queue or backend left the settings since: show the task as declared
+            pass
+        status = TaskResultStatus.FAILED if job.status == "CANCELLED" else TaskResultStatus(job.status)
+        errors = []
+        if job.error_type and job.status in {"FAILED", "CANCELLED"}:
+            errors.append(TaskError(exception_class_path=job.error_type, traceback=job.error_traceback or job.error_message))
+        result = TaskResult(
+            task=task,
+            id=str(job.pk),
+            status=status,
+            enqueued_at=job.enqueued_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            last_attempted_at=job.started_at,
+            args=job.args,
+            kwargs=job.kwargs,
+            backend=job.backend,
+            errors=errors,
+            worker_ids=list(job.worker_ids or []),
+        )
+        if job.status == "SUCCESSFUL":
+            object.__setattr__(result, "_return_value", job.result)
+        return result
+
