@@ -1,0 +1,52 @@
+"""Frames in, bytes out."""
+from __future__ import annotations
+
+from .errors import LocalProtocolError
+from .escaping import UNESCAPED_COMMANDS, escape
+from .frame import Frame
+
+__all__ = ["encode_frame", "HEARTBEAT_BYTES"]
+
+# What a peer sends when it has nothing else to say within its heart-beat period.
+HEARTBEAT_BYTES = b"\n"
+
+
+def encode_frame(frame: Frame, version: str = "1.2") -> bytes:
+    """The wire bytes of ``frame`` for a connection speaking ``version``.
+
+    Headers are written as given, in order (no content-length is added: a body containing a
+    NUL byte needs one, and a given content-length must match the body). Raises
+    LocalProtocolError for what STOMP cannot carry.
+    """
+    command = frame.command
+    if not (command.isalpha() and command.isascii()):
+        raise LocalProtocolError(f"Invalid STOMP command {command!r}")
+    escaped = version != "1.0" and command not in UNESCAPED_COMMANDS
+    lines = [command]
+    length: str | None = None
+    for name, value in frame.headers:
+        if not name:
+            raise LocalProtocolError("A header name cannot be empty")
+        if name == "content-length" and length is None:
+            length = value
+        if escaped:
+            lines.append(f"{escape(name)}:{escape(value)}")
+        else:
+            if ":" in name or "\n" in name or "\r" in name or "\n" in value or "\r" in value:
+                raise LocalProtocolError(
+                    f"Header {name!r} cannot carry ':' in its name or line breaks in a {command} frame"
+                    + (" of STOMP 1.0" if version == "1.0" else "")
+                )
+            lines.append(f"{name}:{value}")
+    body = frame.body
+    if length is not None:
+        if length != str(len(body)):
+            raise LocalProtocolError(f"content-length {length!r} does not match the body of {len(body)} bytes")
+    elif b"\x00" in body:
+        raise LocalProtocolError("A body containing NUL bytes needs a content-length header")
+    lines.append("\n")
+    try:
+        head = "\n".join(lines).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise LocalProtocolError(f"Headers cannot be encoded as UTF-8: {exc.reason}") from None
+    return b"".join((head, body, b"\x00"))

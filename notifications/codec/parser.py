@@ -1,0 +1,283 @@
+"""Incremental STOMP frame parser: feed it bytes as they arrive, collect frames and heart-beats.
+
+Calling contract (sans-I/O, like h11 and websockets)::
+
+    parser = FrameParser()
+    parser.receive_data(chunk)          # may raise RemoteProtocolError
+    for event in parser.events_received():
+        ...                             # Frame or HEARTBEAT
+
+Every frame complete in a chunk is parsed in that one call. When a chunk holds good frames and
+then bad bytes, ``receive_data`` raises and ``events_received()`` still returns the good frames
+that came before the bad one; after the error the parser refuses further input.
+"""
+from __future__ import annotations
+
+from .errors import LocalProtocolError, RemoteProtocolError
+from .escaping import UNESCAPED_COMMANDS, unescape
+from .frame import HEARTBEAT, Frame, Heartbeat
+from .limits import Limits
+
+__all__ = ["FrameParser", "VERSIONS", "negotiate_version"]
+
+VERSIONS = ("1.0", "1.1", "1.2")
+# The longest command of the specification is UNSUBSCRIBE (11 letters); a longer first line
+# made of anything but letters is garbage, reported before waiting for a whole frame.
+_COMMAND_PREVIEW = 16
+
+_DEFAULT_LIMITS = Limits()
+
+
+def negotiate_version(accept_version: str | None, supported: tuple[str, ...] = VERSIONS) -> str | None:
+    """The highest version both sides speak; a CONNECT without accept-version is a 1.0 client.
+
+    Returns None when there is no common version.
+    """
+    if accept_version is None:
+        return "1.0" if "1.0" in supported else None
+    offered = {v.strip() for v in accept_version.split(",")}
+    common = [v for v in supported if v in offered]
+    return max(common, key=lambda v: tuple(int(p) for p in v.split("."))) if common else None
+
+
+def _short(text: str | bytes, width: int = 40) -> str:
+    text = repr(text)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+class FrameParser:
+    """Bytes in, frames out, for STOMP 1.0, 1.1 and 1.2.
+
+    ``version`` decides header unescaping (none for "1.0"; never for CONNECT, CONNECTED and
+    STOMP frames). It follows the handshake by itself: a CONNECT or STOMP frame sets it to what
+    a broker speaking all three versions would choose, a CONNECTED frame to its ``version``
+    header; a caller that negotiates otherwise may set it after reading those frames.
+    """
+
+    __slots__ = ("limits", "version", "_buf", "_events", "_error", "_hscan", "_pending", "_crlf")
+
+    def __init__(self, limits: Limits = _DEFAULT_LIMITS, version: str = "1.2") -> None:
+        if version not in VERSIONS:
+            raise LocalProtocolError(f"Unknown STOMP version {version!r}; expected one of {VERSIONS}")
+        self.limits = limits
+        self.version = version
+        self._buf = bytearray()  # bytes of an incomplete frame, carried to the next read
+        self._events: list[Frame | Heartbeat] = []
+        self._error: RemoteProtocolError | None = None
+        self._hscan = 0  # where to resume looking for the end of headers, relative to the frame
+        # (command, headers, body offset, content-length or None, NUL scan offset) of a frame
+        # whose headers are parsed but whose body has not fully arrived yet.
+        self._pending: tuple[str, tuple[tuple[str, str], ...], int, int | None, int] | None = None
+        self._crlf = False  # the peer's last frame used CRLF: look for that first
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for a frame not yet complete (bounded by ``limits.max_frame_size``)."""
+        return len(self._buf)
+
+    def events_received(self) -> list[Frame | Heartbeat]:
+        """Frames and heart-beats parsed so far, oldest first; each is returned once."""
+        events = self._events
+        self._events = []
+        return events
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes read from the peer; then call :meth:`events_received`.
+
+        Raises RemoteProtocolError on bad input (frames before it stay available).
+        """
+        if self._error is not None:
+            raise LocalProtocolError(f"The parser failed earlier ({self._error.error_message}); no more input")
+        if not data:
+            return
+        buf = self._buf
+        if buf:
+            buf += data
+            view = buf
+        else:
+            view = data if isinstance(data, (bytes, bytearray)) else bytes(data)
+        try:
+            pos = self._parse(view)
+        except RemoteProtocolError as exc:
+            self._error = exc
+            self._buf = bytearray()
+            self._pending = None
+            raise
+        if view is buf:
+            del buf[:pos]
+        elif pos < len(view):
+            self._buf = bytearray(view[pos:] if pos else view)
+
+    def _parse(self, buf: bytes | bytearray) -> int:
+        """Parse every complete frame in ``buf``; return the offset of the first unused byte."""
+        events = self._events
+        limits = self.limits
+        max_frame = limits.max_frame_size
+        n = len(buf)
+        pos = 0
+        while pos < n:
+            if self._pending is not None:
+                command, headers, body_rel, length, scan = self._pending
+                self._pending = None
+                body_start = pos + body_rel
+                if length is None:
+                    scan = pos + scan
+            else:
+                c = buf[pos]
+                if c == 10:  # a bare EOL between frames is a heart-beat
+                    events.append(HEARTBEAT)
+                    pos += 1
+                    continue
+                if c == 13:
+                    if pos + 1 >= n:
+                        break
+                    if buf[pos + 1] != 10:
+                        raise RemoteProtocolError("Expected a line feed after a carriage return between frames")
+                    events.append(HEARTBEAT)
+                    pos += 2
+                    continue
+                header_end, body_start = self._find_header_end(buf, pos, n)
+                if header_end < 0:
+                    self._check_incomplete_headers(buf, pos, n)
+                    self._hscan = max(0, n - pos - 2)
+                    break
+                self._hscan = 0
+                command, headers, length = self._parse_headers(buf, pos, header_end)
+                scan = body_start
+            if length is not None:
+                end = body_start + length
+                if end + 1 - pos > max_frame:
+                    raise RemoteProtocolError(
+                        f"Frame of {end + 1 - pos} bytes is over the limit of {max_frame} bytes"
+                    )
+                if end >= n:
+                    self._pending = (command, headers, body_start - pos, length, 0)
+                    break
+                if buf[end] != 0:
+                    raise RemoteProtocolError(
+                        f"Frame body is not followed by a NUL byte after content-length {length}"
+                    )
+            else:
+                limit = min(n, body_start + limits.max_body_size + 1, pos + max_frame)
+                end = buf.find(b"\x00", scan, limit)
+                if end < 0:
+                    if limit < n or n - body_start > limits.max_body_size or n - pos > max_frame:
+                        raise RemoteProtocolError(
+                            f"Frame body is over the limit of {limits.max_body_size} bytes"
+                            " (or its NUL terminator is missing)"
+                        )
+                    self._pending = (command, headers, body_start - pos, None, n - pos)
+                    break
+            body = bytes(buf[body_start:end])
+            events.append(Frame(command, headers, body))
+            pos = end + 1
+        return pos
+
+    def _find_header_end(self, buf: bytes | bytearray, pos: int, n: int) -> tuple[int, int]:
+        """(end of the header text, start of the body), or (-1, -1) when not all arrived yet."""
+        start = pos + self._hscan
+        limit = min(n, pos + self.limits.max_frame_size)
+        # Search the line-end style the peer used last first, then the other one only up to it,
+        # so a 64 KiB read of small frames is never scanned end to end once per frame.
+        if self._crlf:
+            b = buf.find(b"\n\r\n", start, limit)
+            a = buf.find(b"\n\n", start, b + 2 if b >= 0 else limit)
+        else:
+            a = buf.find(b"\n\n", start, limit)
+            b = buf.find(b"\n\r\n", start, a + 1 if a >= 0 else limit)
+        if a >= 0 and (b < 0 or a < b):
+            self._crlf = False
+            return a, a + 2
+        if b >= 0:
+            self._crlf = True
+            return b, b + 3
+        return -1, -1
+
+    def _check_incomplete_headers(self, buf: bytes | bytearray, pos: int, n: int) -> None:
+        """Fail early on garbage and on header blocks that could only grow past the limits."""
+        limits = self.limits
+        preview = bytes(buf[pos : min(n, pos + _COMMAND_PREVIEW)])
+        first_line = preview.split(b"\n", 1)[0].rstrip(b"\r")
+        if (first_line and not (first_line.isalpha() and first_line.isascii())) or (
+            b"\n" not in preview and len(preview) >= _COMMAND_PREVIEW
+        ):
+            raise RemoteProtocolError(f"Invalid frame: expected a command, got {_short(first_line)}")
+        if n - pos > limits.max_frame_size:
+            raise RemoteProtocolError(f"Frame headers are over the limit of {limits.max_frame_size} bytes")
+        last_eol = buf.rfind(b"\n", pos, n)
+        if n - (last_eol if last_eol >= 0 else pos) > limits.max_header_line + 1:
+            raise RemoteProtocolError(
+                f"Header line is over the limit of {limits.max_header_line} bytes"
+            )
+
+    def _parse_headers(
+        self, buf: bytes | bytearray, pos: int, header_end: int
+    ) -> tuple[str, tuple[tuple[str, str], ...], int | None]:
+        limits = self.limits
+        try:
+            text = buf[pos:header_end].decode("utf-8")
+        except UnicodeDecodeError:
+            raise RemoteProtocolError("Frame headers are not valid UTF-8") from None
+        lines = text.split("\n")
+        if "\r" in text:
+            lines = [line[:-1] if line.endswith("\r") else line for line in lines]
+        command = lines[0]
+        if not (command.isalpha() and command.isascii()):
+            raise RemoteProtocolError(
+                f"Invalid frame: expected a command, got {_short(command.encode()[:_COMMAND_PREVIEW])}"
+            )
+        if len(lines) - 1 > limits.max_headers:
+            raise RemoteProtocolError(
+                f"Frame has {len(lines) - 1} headers, over the limit of {limits.max_headers}"
+            )
+        if header_end - pos > limits.max_header_line:
+            for line in lines:
+                if len(line.encode("utf-8")) > limits.max_header_line:
+                    raise RemoteProtocolError(
+                        f"Header line is over the limit of {limits.max_header_line} bytes"
+                    )
+        escaped = self.version != "1.0" and command not in UNESCAPED_COMMANDS
+        parts = [line.partition(":") for line in lines[1:]]
+        headers = [(name, value) for name, sep, value in parts if sep and name]
+        if len(headers) != len(parts):
+            for line in lines[1:]:
+                name, sep, _ = line.partition(":")
+                if not sep:
+                    raise RemoteProtocolError(f"Header line without a colon: {_short(line)}")
+                if not name:
+                    raise RemoteProtocolError(f"Header line with an empty name: {_short(line)}")
+        if escaped and "\\" in text:
+            headers = [(unescape(name), unescape(value)) for name, value in headers]
+        length: int | None = None
+        if "content-length" in text:
+            for name, value in headers:
+                if name == "content-length":
+                    length = self._content_length(value)
+                    break
+        headers_t = tuple(headers)
+        if command in UNESCAPED_COMMANDS:
+            self._follow_handshake(command, headers_t)
+        return command, headers_t, length
+
+    def _content_length(self, value: str) -> int:
+        if not (value.isdigit() and value.isascii()):
+            raise RemoteProtocolError(f"Invalid content-length header: {_short(value)}")
+        length = int(value)
+        if length > self.limits.max_body_size:
+            raise RemoteProtocolError(
+                f"Frame body of {length} bytes is over the limit of {self.limits.max_body_size} bytes"
+            )
+        return length
+
+    def _follow_handshake(self, command: str, headers: tuple[tuple[str, str], ...]) -> None:
+        # Frames pipelined right behind CONNECT in the same read are parsed in this very call,
+        # before the caller could set the version: follow the handshake here.
+        found = {}
+        for name, value in headers:
+            found.setdefault(name, value)
+        if command == "CONNECTED":
+            version = found.get("version", "1.0")
+            if version in VERSIONS:
+                self.version = version
+        else:
+            self.version = negotiate_version(found.get("accept-version")) or self.version

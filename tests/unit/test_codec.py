@@ -1,0 +1,391 @@
+"""The sans-I/O STOMP codec: literal bytes both ways, every parser case fed whole, byte by byte
+and split, several frames per read, escaping, limits and errors."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from notifications.codec import (
+    HEARTBEAT,
+    Frame,
+    FrameParser,
+    Limits,
+    LocalProtocolError,
+    RemoteProtocolError,
+    StompError,
+    encode_frame,
+)
+
+
+def _feed_whole(parser: FrameParser, data: bytes) -> list:
+    parser.receive_data(data)
+    return parser.events_received()
+
+
+def _feed_bytewise(parser: FrameParser, data: bytes) -> list:
+    events = []
+    for i in range(len(data)):
+        parser.receive_data(data[i : i + 1])
+        events += parser.events_received()
+    return events
+
+
+def _feed_in_three(parser: FrameParser, data: bytes) -> list:
+    events = []
+    third = max(1, len(data) // 3)
+    for chunk in (data[:third], data[third : 2 * third], data[2 * third :]):
+        parser.receive_data(chunk)
+        events += parser.events_received()
+    return events
+
+
+FEEDS = {"whole": _feed_whole, "bytewise": _feed_bytewise, "in-three": _feed_in_three}
+
+
+@pytest.fixture(params=list(FEEDS))
+def parse(request):
+    """Parse bytes with a fresh parser, fed all at once, one byte at a time, or in three reads."""
+    feed = FEEDS[request.param]
+
+    def run(data: bytes, **kwargs) -> list:
+        return feed(FrameParser(**kwargs), data)
+
+    return run
+
+
+def _error_of(parse, data: bytes, **kwargs) -> RemoteProtocolError:
+    with pytest.raises(RemoteProtocolError) as info:
+        parse(data, **kwargs)
+    return info.value
+
+
+# --- parsing ------------------------------------------------------------------------------
+
+
+def test_a_send_frame_with_lf_line_ends_is_parsed(parse):
+    assert parse(b"SEND\ndestination:/queue/a\n\nhello\x00") == [
+        Frame("SEND", (("destination", "/queue/a"),), b"hello")
+    ]
+
+
+def test_a_frame_with_crlf_line_ends_is_parsed(parse):
+    assert parse(b"SEND\r\ndestination:/queue/a\r\nx:1\r\n\r\nhello\x00") == [
+        Frame("SEND", (("destination", "/queue/a"), ("x", "1")), b"hello")
+    ]
+
+
+def test_a_frame_mixing_crlf_and_lf_is_parsed(parse):
+    assert parse(b"SEND\r\ndestination:/queue/a\n\r\nhi\x00") == [
+        Frame("SEND", (("destination", "/queue/a"),), b"hi")
+    ]
+
+
+def test_a_frame_without_headers_or_body_is_parsed(parse):
+    assert parse(b"DISCONNECT\n\n\x00") == [Frame("DISCONNECT")]
+
+
+def test_a_content_length_body_may_contain_nul_bytes(parse):
+    assert parse(b"SEND\ndestination:/q\ncontent-length:5\n\na\x00b\x00c\x00") == [
+        Frame("SEND", (("destination", "/q"), ("content-length", "5")), b"a\x00b\x00c")
+    ]
+
+
+def test_a_body_without_content_length_ends_at_the_first_nul(parse):
+    assert parse(b"SEND\ndestination:/q\n\nab\x00SEND\ndestination:/r\n\ncd\x00") == [
+        Frame("SEND", (("destination", "/q"),), b"ab"),
+        Frame("SEND", (("destination", "/r"),), b"cd"),
+    ]
+
+
+def test_a_body_may_contain_line_ends_and_colons(parse):
+    assert parse(b"SEND\ndestination:/q\n\na:b\n\nc\r\n\x00") == [
+        Frame("SEND", (("destination", "/q"),), b"a:b\n\nc\r\n")
+    ]
+
+
+def test_repeated_headers_are_all_kept_and_the_first_wins(parse):
+    (frame,) = parse(b"MESSAGE\nfoo:World\nfoo:Hello\n\n\x00")
+    assert frame.headers == (("foo", "World"), ("foo", "Hello"))
+    assert frame.get("foo") == "World"
+
+
+def test_get_returns_the_default_for_a_missing_header():
+    assert Frame("SEND").get("receipt", "none") == "none"
+
+
+def test_a_header_value_may_contain_colons_after_the_first(parse):
+    (frame,) = parse(b"SEND\ndestination:/q\nurl:http://x:80/\n\n\x00")
+    assert frame.get("url") == "http://x:80/"
+
+
+def test_header_values_are_not_trimmed(parse):
+    (frame,) = parse(b"SEND\ndestination:/q\nx: padded \n\n\x00")
+    assert frame.get("x") == " padded "
+
+
+def test_a_bare_lf_between_frames_is_a_heartbeat(parse):
+    assert parse(b"\n") == [HEARTBEAT]
+
+
+def test_a_bare_crlf_between_frames_is_a_heartbeat(parse):
+    assert parse(b"\r\n") == [HEARTBEAT]
+
+
+def test_eols_after_a_frame_are_heartbeats(parse):
+    assert parse(b"SEND\ndestination:/q\n\n\x00\n\r\nDISCONNECT\n\n\x00") == [
+        Frame("SEND", (("destination", "/q"),)),
+        HEARTBEAT,
+        HEARTBEAT,
+        Frame("DISCONNECT"),
+    ]
+
+
+def test_several_frames_in_one_read_are_all_parsed(parse):
+    data = b"".join(b"SEND\ndestination:/q\ncontent-length:1\n\n%d\x00" % i for i in range(10))
+    frames = parse(data)
+    assert [f.body for f in frames] == [b"0", b"1", b"2", b"3", b"4", b"5", b"6", b"7", b"8", b"9"]
+
+
+def test_an_incomplete_frame_waits_for_more_bytes():
+    parser = FrameParser()
+    parser.receive_data(b"SEND\ndestination:/q\ncontent-length:4\n\nab")
+    assert parser.events_received() == []
+    parser.receive_data(b"cd\x00")
+    assert parser.events_received() == [Frame("SEND", (("destination", "/q"), ("content-length", "4")), b"abcd")]
+
+
+def test_events_are_returned_only_once():
+    parser = FrameParser()
+    parser.receive_data(b"\n")
+    assert parser.events_received() == [HEARTBEAT]
+    assert parser.events_received() == []
+
+
+# --- escaping -------------------------------------------------------------------------------
+
+
+def test_escaped_headers_are_decoded_in_stomp_1_2(parse):
+    (frame,) = parse(b"SEND\ndestination:/q\nk\\cey:a\\nb\\rc\\\\d\\ce\n\n\x00")
+    assert frame.headers == (("destination", "/q"), ("k:ey", "a\nb\rc\\d:e"))
+
+
+def test_headers_of_a_connect_frame_are_never_unescaped(parse):
+    (frame,) = parse(b"CONNECT\naccept-version:1.2\nlogin:a\\nb\npasscode:x:y\n\n\x00")
+    assert frame.headers == (("accept-version", "1.2"), ("login", "a\\nb"), ("passcode", "x:y"))
+
+
+def test_headers_of_a_connected_frame_are_never_unescaped(parse):
+    (frame,) = parse(b"CONNECTED\nversion:1.2\nserver:a\\cb\n\n\x00")
+    assert frame.get("server") == "a\\cb"
+
+
+def test_headers_are_not_unescaped_in_stomp_1_0(parse):
+    (frame,) = parse(b"SEND\ndestination:/q\nx:a\\nb\\t\n\n\x00", version="1.0")
+    assert frame.get("x") == "a\\nb\\t"
+
+
+def test_a_connect_without_accept_version_makes_the_parser_speak_1_0(parse):
+    frames = parse(b"CONNECT\n\n\x00SEND\ndestination:/q\nx:a\\tb\n\n\x00")
+    assert frames[1].get("x") == "a\\tb"
+
+
+def test_a_connected_frame_sets_the_parser_version():
+    parser = FrameParser()
+    parser.receive_data(b"CONNECTED\nversion:1.1\n\n\x00")
+    assert parser.version == "1.1"
+
+
+def test_an_undefined_escape_sequence_is_a_fatal_error(parse):
+    error = _error_of(parse, b"SEND\ndestination:/q\nx:a\\tb\n\n\x00")
+    assert error.error_message == "Undefined escape sequence '\\\\t' in a header"
+
+
+def test_a_trailing_lone_backslash_is_a_fatal_error(parse):
+    error = _error_of(parse, b"SEND\ndestination:/q\nx:ab\\\n\n\x00")
+    assert error.error_message == "Undefined escape sequence '\\\\' in a header"
+
+
+# --- bad input ------------------------------------------------------------------------------
+
+
+def test_garbage_bytes_are_reported_as_an_invalid_frame(parse):
+    error = _error_of(parse, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
+    assert error.error_message.startswith("Invalid frame: expected a command, got b'\\x16")
+
+
+def test_a_command_line_that_is_not_letters_is_an_invalid_frame(parse):
+    error = _error_of(parse, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    # Fed byte by byte, the error comes as soon as the space arrives: no waiting for the frame.
+    assert error.error_message.startswith("Invalid frame: expected a command, got b'GET ")
+
+
+def test_headers_that_are_not_utf8_are_rejected(parse):
+    error = _error_of(parse, b"SEND\ndestination:/q\nx:\xff\xfe\n\n\x00")
+    assert error.error_message == "Frame headers are not valid UTF-8"
+
+
+def test_a_header_line_without_a_colon_is_rejected(parse):
+    error = _error_of(parse, b"SEND\ndestination:/q\nnocolon\n\n\x00")
+    assert error.error_message == "Header line without a colon: 'nocolon'"
+
+
+def test_a_header_with_an_empty_name_is_rejected(parse):
+    error = _error_of(parse, b"SEND\n:value\n\n\x00")
+    assert error.error_message == "Header line with an empty name: ':value'"
+
+
+def test_a_content_length_that_is_not_a_number_is_rejected(parse):
+    error = _error_of(parse, b"SEND\ndestination:/q\ncontent-length:-1\n\n\x00")
+    assert error.error_message == "Invalid content-length header: '-1'"
+
+
+def test_a_body_longer_than_its_content_length_is_rejected(parse):
+    error = _error_of(parse, b"SEND\ndestination:/q\ncontent-length:2\n\nabc\x00")
+    assert error.error_message == "Frame body is not followed by a NUL byte after content-length 2"
+
+
+def test_a_carriage_return_without_line_feed_between_frames_is_rejected(parse):
+    error = _error_of(parse, b"\rX")
+    assert error.error_message == "Expected a line feed after a carriage return between frames"
+
+
+def test_frames_before_a_bad_one_are_still_returned():
+    parser = FrameParser()
+    with pytest.raises(RemoteProtocolError):
+        parser.receive_data(b"SEND\ndestination:/q\n\nok\x00\x01\x02garbage\n\n\x00")
+    assert parser.events_received() == [Frame("SEND", (("destination", "/q"),), b"ok")]
+
+
+def test_after_an_error_the_parser_refuses_more_input():
+    parser = FrameParser()
+    with pytest.raises(RemoteProtocolError):
+        parser.receive_data(b"\x01\x02\n")
+    with pytest.raises(LocalProtocolError, match="The parser failed earlier"):
+        parser.receive_data(b"SEND\ndestination:/q\n\n\x00")
+
+
+def test_every_codec_error_is_a_stomp_error():
+    assert issubclass(RemoteProtocolError, StompError) and issubclass(LocalProtocolError, StompError)
+
+
+# --- limits ---------------------------------------------------------------------------------
+
+SMALL = Limits(max_frame_size=200, max_body_size=100, max_headers=3, max_header_line=40)
+
+
+def test_a_content_length_over_the_body_limit_is_rejected_before_reading_the_body(parse):
+    error = _error_of(parse, b"SEND\ndestination:/q\ncontent-length:101\n\n", limits=SMALL)
+    assert error.error_message == "Frame body of 101 bytes is over the limit of 100 bytes"
+
+
+def test_a_body_without_content_length_over_the_limit_is_rejected(parse):
+    error = _error_of(parse, b"SEND\ndestination:/q\n\n" + b"x" * 101, limits=SMALL)
+    assert error.error_message == (
+        "Frame body is over the limit of 100 bytes (or its NUL terminator is missing)"
+    )
+
+
+def test_a_frame_over_the_frame_limit_is_rejected(parse):
+    limits = Limits(max_frame_size=60, max_body_size=100, max_headers=3, max_header_line=40)
+    error = _error_of(parse, b"SEND\ndestination:/q\ncontent-length:50\n\n" + b"x" * 50 + b"\x00", limits=limits)
+    assert error.error_message == "Frame of 90 bytes is over the limit of 60 bytes"
+
+
+def test_too_many_headers_are_rejected(parse):
+    error = _error_of(parse, b"SEND\na:1\nb:2\nc:3\nd:4\n\n\x00", limits=SMALL)
+    assert error.error_message == "Frame has 4 headers, over the limit of 3"
+
+
+def test_a_header_line_over_the_limit_is_rejected(parse):
+    error = _error_of(parse, b"SEND\nx:" + b"y" * 60 + b"\n\n\x00", limits=SMALL)
+    assert error.error_message == "Header line is over the limit of 40 bytes"
+
+
+def test_a_header_line_over_the_limit_is_rejected_before_it_ends(parse):
+    error = _error_of(parse, b"SEND\nx:" + b"y" * 60, limits=SMALL)
+    assert error.error_message == "Header line is over the limit of 40 bytes"
+
+
+def test_a_flood_without_frame_ends_never_buffers_more_than_the_frame_limit():
+    parser = FrameParser(limits=SMALL)
+    parser.receive_data(b"SEND\ndestination:/q\n\n")
+    with pytest.raises(RemoteProtocolError):
+        for _ in range(1000):
+            parser.receive_data(b"x" * 10)
+            assert parser.buffered <= 200
+    assert parser.buffered == 0
+
+
+def test_limits_default_to_the_named_module_constants():
+    from notifications.codec import limits
+
+    assert Limits() == Limits(
+        limits.MAX_FRAME_SIZE, limits.MAX_BODY_SIZE, limits.MAX_HEADERS, limits.MAX_HEADER_LINE
+    )
+    assert (limits.MAX_BODY_SIZE, limits.MAX_HEADERS, limits.MAX_HEADER_LINE) == (4194304, 1000, 10240)
+
+
+# --- encoding -------------------------------------------------------------------------------
+
+
+def test_encode_writes_the_literal_bytes_of_a_frame():
+    frame = Frame("SEND", (("destination", "/queue/a"), ("content-type", "text/plain")), b"hello")
+    assert encode_frame(frame) == b"SEND\ndestination:/queue/a\ncontent-type:text/plain\n\nhello\x00"
+
+
+def test_encode_escapes_headers_in_stomp_1_2():
+    frame = Frame("MESSAGE", (("k:ey", "a\nb\rc\\d:e"),))
+    assert encode_frame(frame) == b"MESSAGE\nk\\cey:a\\nb\\rc\\\\d\\ce\n\n\x00"
+
+
+def test_encode_never_escapes_a_connect_frame():
+    frame = Frame("CONNECT", (("accept-version", "1.2"), ("passcode", "a:b\\c")))
+    assert encode_frame(frame) == b"CONNECT\naccept-version:1.2\npasscode:a:b\\c\n\n\x00"
+
+
+def test_encode_does_not_escape_in_stomp_1_0():
+    frame = Frame("SEND", (("destination", "/q"), ("x", "a:b\\c")))
+    assert encode_frame(frame, version="1.0") == b"SEND\ndestination:/q\nx:a:b\\c\n\n\x00"
+
+
+def test_encode_refuses_a_line_break_where_it_cannot_be_escaped():
+    with pytest.raises(LocalProtocolError, match="line breaks in a CONNECTED frame"):
+        encode_frame(Frame("CONNECTED", (("server", "a\nb"),)))
+
+
+def test_encode_refuses_a_nul_body_without_content_length():
+    with pytest.raises(LocalProtocolError, match="needs a content-length header"):
+        encode_frame(Frame("SEND", (("destination", "/q"),), b"a\x00b"))
+
+
+def test_encode_refuses_a_content_length_that_does_not_match_the_body():
+    with pytest.raises(LocalProtocolError, match="does not match the body of 3 bytes"):
+        encode_frame(Frame("SEND", (("content-length", "2"),), b"abc"))
+
+
+def test_encode_refuses_a_command_that_is_not_letters():
+    with pytest.raises(LocalProtocolError, match="Invalid STOMP command"):
+        encode_frame(Frame("SEND\n"))
+
+
+def test_encode_writes_utf8_headers():
+    assert encode_frame(Frame("SEND", (("x", "é"),))) == b"SEND\nx:\xc3\xa9\n\n\x00"
+
+
+def test_encoded_escapes_parse_back_to_the_same_frame(parse):
+    frame = Frame("SEND", (("destination", "/q"), ("odd:name", "line\nbreak\\\r:")), b"body")
+    assert parse(encode_frame(frame)) == [frame]
+
+
+# --- purity ---------------------------------------------------------------------------------
+
+
+def test_the_codec_imports_neither_django_nor_asyncio():
+    code = (
+        "import sys, notifications.codec; "
+        "print(sorted(m for m in ('django', 'asyncio', 'socket', 'threading') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert result.stdout.strip() == "[]"
