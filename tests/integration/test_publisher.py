@@ -1,0 +1,432 @@
+"""The process publisher against real brokers: order, coalescing, outages, overflow, threads, fork.
+
+Outages are made with a TCP relay this test controls, placed between the publisher and a real
+broker: the relay can be absent (broker down), started later (broker back) or cut every
+connection (broker killed mid-stream). The checking subscriber connects to the broker directly.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+
+import pytest
+import stomp
+
+from notifications import publisher as publisher_module
+from notifications.conf import parse_broker_url
+from notifications.publisher import Publisher, get_publisher, publish
+
+pytestmark = pytest.mark.timeout(60)
+
+LOGGER = "notifications.publisher"
+
+
+@pytest.fixture(params=["embedded", "rabbitmq"])
+def broker_url(request) -> str:
+    """A real broker: the embedded one (when present in this tree) and RabbitMQ."""
+    if request.param == "embedded":
+        try:
+            return request.getfixturevalue("embedded_broker").url
+        except pytest.FixtureLookupError:
+            pytest.skip("the embedded broker fixture is not available in this tree yet")
+    return request.getfixturevalue("rabbitmq_stomp_url")
+
+
+def with_credentials(url: str, port: int) -> str:
+    """The same broker URL (login, vhost) pointed at another local port."""
+    parsed = parse_broker_url(url)
+    auth = f"{parsed.login}:{parsed.passcode or ''}@" if parsed.login else ""
+    vhost = f"/{parsed.vhost}" if parsed.vhost else ""
+    return f"stomp://{auth}127.0.0.1:{port}{vhost}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Relay:
+    """A TCP relay to a broker on a port chosen up front: start(), cut() every connection, stop()."""
+
+    def __init__(self, target: tuple[str, int]):
+        self.target = target
+        self.port = free_port()
+        self._server: socket.socket | None = None
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self.accepted = 0
+
+    def start(self) -> None:
+        server = socket.socket()
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", self.port))
+        server.listen(16)
+        server.settimeout(0.1)
+        self._server = server
+        t = threading.Thread(target=self._accept, args=(server,), daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def _accept(self, server: socket.socket) -> None:
+        while self._server is server:
+            try:
+                client, _ = server.accept()
+            except (TimeoutError, socket.timeout):
+                continue
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            client.settimeout(None)
+            upstream.settimeout(None)
+            with self._lock:
+                self._sockets += [client, upstream]
+                self.accepted += 1
+            for a, b in ((client, upstream), (upstream, client)):
+                t = threading.Thread(target=self._pipe, args=(a, b), daemon=True)
+                t.start()
+                self._threads.append(t)
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut(self) -> None:
+        """Drop every relayed connection at once, as if the broker died."""
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        for s in sockets:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+        self.cut()
+        for t in self._threads:
+            t.join(2)
+
+
+class Subscriber:
+    """A plain stomp.py client, straight to the broker, collecting one destination's messages."""
+
+    def __init__(self, url: str, destination: str):
+        parsed = parse_broker_url(url)
+        self.messages: list[tuple[dict, bytes]] = []
+        self._cond = threading.Condition()
+        self._receipt = threading.Event()
+        self.conn = stomp.Connection12([(parsed.host, parsed.port)], vhost=parsed.vhost or "/", auto_decode=False)
+        self.conn.set_listener("collect", self)
+        self.conn.connect(parsed.login, parsed.passcode, wait=True, with_connect_command=True)
+        self.conn.subscribe(destination, id="s1", ack="auto", headers={"receipt": "subscribed"})
+        assert self._receipt.wait(5), "no RECEIPT for SUBSCRIBE"
+
+    def on_receipt(self, frame) -> None:
+        self._receipt.set()
+
+    def on_message(self, frame) -> None:
+        with self._cond:
+            self.messages.append((dict(frame.headers), frame.body))
+            self._cond.notify_all()
+
+    def wait_raw(self, count: int, timeout: float = 10.0) -> list[tuple[dict, bytes]]:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while len(self.messages) < count and time.monotonic() < deadline:
+                self._cond.wait(deadline - time.monotonic())
+            return list(self.messages)
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> list[dict]:
+        return [json.loads(body) for _, body in self.wait_raw(count, timeout)]
+
+    def close(self) -> None:
+        try:
+            self.conn.disconnect()
+        except Exception:
+            pass
+
+
+@pytest.fixture
+def destination() -> str:
+    return f"/topic/test.publisher.{uuid.uuid4().hex}"
+
+
+@pytest.fixture
+def subscriber(broker_url, destination):
+    sub = Subscriber(broker_url, destination)
+    yield sub
+    sub.close()
+
+
+@pytest.fixture
+def relay(broker_url):
+    parsed = parse_broker_url(broker_url)
+    r = Relay((parsed.host, parsed.port))
+    yield r
+    r.stop()
+
+
+@pytest.fixture
+def make_publisher():
+    made: list[Publisher] = []
+
+    def make(url: str, **kwargs) -> Publisher:
+        kwargs.setdefault("reconnect_min", 0.05)
+        kwargs.setdefault("reconnect_max", 0.2)
+        p = Publisher(url, **kwargs)
+        made.append(p)
+        return p
+
+    yield make
+    for p in made:
+        p.close()
+
+
+@pytest.fixture
+def fresh_singleton():
+    """Make get_publisher() build a new publisher from the current settings, and close it after."""
+    publisher_module._publisher = None
+    yield
+    p = publisher_module._publisher
+    publisher_module._publisher = None
+    if p is not None:
+        p.close()
+
+
+def test_messages_arrive_in_order_with_a_json_content_type(broker_url, subscriber, destination, make_publisher):
+    p = make_publisher(broker_url)
+    for i in range(50):
+        p.publish(destination, {"n": i})
+    assert p.flush(10) is True
+    received = subscriber.wait_for(50)
+    assert received == [{"n": i} for i in range(50)]
+    assert {headers["content-type"] for headers, _ in subscriber.messages} == {"application/json"}
+
+
+def test_text_and_bytes_payloads_keep_their_content_types(broker_url, subscriber, destination, make_publisher):
+    p = make_publisher(broker_url)
+    p.publish(destination, "héllo")
+    p.publish(destination, b"\x00\x01raw", headers={"x-kind": "raw"})
+    assert p.flush(10) is True
+    (h1, b1), (h2, b2) = subscriber.wait_raw(2)
+    assert (h1["content-type"], b1) == ("text/plain;charset=utf-8", "héllo".encode())
+    assert (h2["content-type"], h2["x-kind"], b2) == ("application/octet-stream", "raw", b"\x00\x01raw")
+
+
+def test_a_pending_message_with_the_same_coalesce_key_is_replaced_in_its_place(
+    broker_url, subscriber, destination, relay, make_publisher
+):
+    p = make_publisher(with_credentials(broker_url, relay.port))
+    p.publish(destination, {"m": "a"})
+    p.publish(destination, {"m": "job 1", "done": 1}, coalesce_key="job:1")
+    p.publish(destination, {"m": "c"})
+    p.publish(destination, {"m": "job 1", "done": 2}, coalesce_key="job:1")
+    p.publish(destination, {"m": "job 1", "done": 3}, coalesce_key="job:1")
+    assert p.stats().coalesced == 2
+    relay.start()
+    assert p.flush(10) is True
+    received = subscriber.wait_for(3)
+    time.sleep(0.2)  # nothing more may follow
+    assert received == [{"m": "a"}, {"m": "job 1", "done": 3}, {"m": "c"}]
+    assert len(subscriber.messages) == 3
+
+
+def test_a_broker_down_at_first_gets_the_buffered_messages_once_up_with_one_warning(
+    broker_url, subscriber, destination, relay, make_publisher, caplog
+):
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    p = make_publisher(with_credentials(broker_url, relay.port))
+    for i in range(20):
+        p.publish(destination, {"n": i})
+    assert p.flush(0.5) is False
+    time.sleep(0.5)  # several failed attempts happen while the broker is away
+    relay.start()
+    assert p.flush(10) is True
+    assert subscriber.wait_for(20) == [{"n": i} for i in range(20)]
+    warnings = [r for r in caplog.records if r.name == LOGGER and r.levelno == logging.WARNING]
+    infos = [r for r in caplog.records if r.name == LOGGER and r.levelno == logging.INFO]
+    assert len(warnings) == 1
+    assert "unreachable" in warnings[0].getMessage()
+    assert len(infos) == 1
+    assert "back after" in infos[0].getMessage() and "20 buffered" in infos[0].getMessage()
+    assert [r for r in caplog.records if r.name == "stomp.py" and r.levelno >= logging.INFO] == []
+
+
+def test_a_broker_killed_mid_stream_gets_every_message_after_reconnecting(
+    broker_url, subscriber, destination, relay, make_publisher, caplog
+):
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    relay.start()
+    p = make_publisher(with_credentials(broker_url, relay.port))
+    for block in range(3):
+        for i in range(block * 100, block * 100 + 100):
+            p.publish(destination, {"n": i})
+        # Cut while this block is on its way: the connection is up and sending.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and p.stats().sent <= block * 100:
+            time.sleep(0.001)
+        relay.cut()
+    assert p.flush(15) is True
+    numbers = [body["n"] for body in subscriber.wait_for(300)]
+    # At least once, in order of first arrival: a batch cut before its RECEIPT is re-sent.
+    first_seen = list(dict.fromkeys(numbers))
+    assert first_seen == list(range(300))
+    assert p.stats().connects >= 3
+    assert relay.accepted >= 3
+
+
+def test_a_full_buffer_drops_the_oldest_messages_and_counts_them(
+    broker_url, subscriber, destination, relay, make_publisher
+):
+    p = make_publisher(with_credentials(broker_url, relay.port), buffer_size=10)
+    for i in range(25):
+        p.publish(destination, {"n": i})
+    assert p.stats().dropped == 15
+    assert p.stats().pending == 10
+    relay.start()
+    assert p.flush(10) is True
+    assert subscriber.wait_for(10) == [{"n": i} for i in range(15, 25)]
+
+
+def test_publish_from_many_threads_delivers_every_message_in_each_threads_order(
+    broker_url, subscriber, destination, make_publisher
+):
+    p = make_publisher(broker_url)
+    start = threading.Barrier(8)
+
+    def worker(t: int) -> None:
+        start.wait()
+        for i in range(100):
+            p.publish(destination, {"t": t, "i": i})
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert p.flush(15) is True
+    received = subscriber.wait_for(800)
+    assert len(received) == 800
+    for t in range(8):
+        assert [m["i"] for m in received if m["t"] == t] == list(range(100))
+
+
+def test_publish_does_not_block_when_the_broker_never_answers(make_publisher):
+    # A listener that accepts TCP connections and never says CONNECTED: the worst broker.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        p = make_publisher(f"stomp://127.0.0.1:{silent.getsockname()[1]}")
+        started = time.perf_counter()
+        for i in range(2000):
+            p.publish("/topic/test.silent", {"n": i})
+        elapsed = time.perf_counter() - started
+        assert elapsed < 0.5
+        assert p.stats().pending == 2000
+
+
+def test_publish_of_a_payload_that_is_not_json_is_refused_without_raising(make_publisher, caplog):
+    p = make_publisher(f"stomp://127.0.0.1:{free_port()}")
+    p.publish("/topic/test.bad", {"when": object()})
+    assert p.stats().rejected == 1
+    assert p.stats().pending == 0
+    assert "Not publishing to '/topic/test.bad'" in caplog.text
+
+
+def test_a_subscription_is_renewed_after_a_reconnect(broker_url, destination, relay, make_publisher):
+    relay.start()
+    p = make_publisher(with_credentials(broker_url, relay.port))
+    got: list[bytes] = []
+    arrived = threading.Event()
+
+    def on_message(headers: dict, body: bytes) -> None:
+        got.append(body)
+        arrived.set()
+
+    p.subscribe(destination, on_message)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not p.stats().connected:
+        time.sleep(0.01)
+    relay.cut()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and p.stats().connects < 2:
+        time.sleep(0.02)
+    assert p.stats().connects == 2
+    other = make_publisher(broker_url)
+    # The renewed SUBSCRIBE went out before anything else on the new connection; a message
+    # through the same publisher after it proves it is active.
+    p.publish(destination, {"after": "reconnect"})
+    assert p.flush(5) is True
+    assert arrived.wait(5)
+    assert json.loads(got[0]) == {"after": "reconnect"}
+    other.close()
+
+
+def test_close_is_idempotent_and_later_publishes_are_counted_as_rejected(broker_url, make_publisher):
+    p = make_publisher(broker_url)
+    p.publish("/topic/test.close", {"n": 1})
+    assert p.flush(5) is True
+    p.close()
+    p.close()
+    p.publish("/topic/test.close", {"n": 2})
+    assert p.stats().rejected == 1
+    assert p.stats().connected is False
+
+
+def test_get_publisher_returns_one_publisher_per_process_built_from_settings(
+    broker_url, settings, fresh_singleton, subscriber, destination
+):
+    settings.NOTIFICATIONS = {"BROKER_URL": broker_url}
+    assert get_publisher() is get_publisher()
+    publish(destination, {"via": "module"})
+    assert get_publisher().flush(10) is True
+    assert subscriber.wait_for(1) == [{"via": "module"}]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_a_forked_child_gets_its_own_publisher_and_the_parent_keeps_working(
+    broker_url, settings, fresh_singleton, subscriber, destination
+):
+    settings.NOTIFICATIONS = {"BROKER_URL": broker_url}
+    parent = get_publisher()
+    publish(destination, {"from": "parent", "n": 1})
+    assert parent.flush(10) is True
+    pid = os.fork()
+    if pid == 0:  # child: only os._exit, never return into pytest
+        code = 1
+        try:
+            child = get_publisher()
+            if child is not parent and child._pid == os.getpid():
+                publish(destination, {"from": "child"})
+                code = 0 if child.flush(10) else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    publish(destination, {"from": "parent", "n": 2})
+    assert parent.flush(10) is True
+    received = subscriber.wait_for(3)
+    assert received == [{"from": "parent", "n": 1}, {"from": "child"}, {"from": "parent", "n": 2}]
