@@ -1,0 +1,622 @@
+"""The subscription hub: one asyncio STOMP connection per web process, shared by every WebSocket.
+
+Broker subscriptions are reference-counted (the first local listener of a destination makes the
+broker SUBSCRIBE, the last one to leave the UNSUBSCRIBE); each broker MESSAGE is parsed once and
+handed to every local listener without awaiting anything, so a slow listener never stalls the
+others (each keeps its own bounded Mailbox). The connection heart-beats, reconnects with backoff
+and resubscribes after a broker restart, then tells every listener so it can resync from the
+database. Everything runs on the event loop: no thread, no blocking call.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from . import conf
+from .codec import HEARTBEAT, Frame, FrameParser, Limits, StompError, encode_frame
+
+__all__ = [
+    "Event",
+    "Listener",
+    "Mailbox",
+    "Hub",
+    "HubStats",
+    "get_hub",
+    "current_hub",
+    "shutdown",
+    "publish_threadsafe",
+    "encode_payload",
+]
+
+logger = logging.getLogger(__name__)
+
+# How long a subscriber waits for the broker's RECEIPT of its SUBSCRIBE before reading the
+# snapshot anyway (a reconnect resends snapshots, so a late subscription only delays events).
+SUBSCRIBE_RECEIPT_TIMEOUT = 5.0
+CONNECT_TIMEOUT = 5.0
+# Messages published through the hub while the broker is away; the oldest go first past this
+# (every event also lives in the database, which is what clients resync from).
+PUBLISH_BUFFER = 1000
+# Bytes waiting in the socket buffer beyond which the broker is considered stuck: the
+# connection is dropped and remade rather than growing memory without bound.
+MAX_WRITE_BUFFER = 4 * 1024 * 1024
+# Incoming heart-beats may be this much later than negotiated before the connection is
+# declared dead (the spec leaves the margin to implementations; stomp.py uses 1.5x as well).
+HEARTBEAT_GRACE = 1.5
+READ_CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Event:
+    """One broker MESSAGE, parsed once and shared by every local listener of its destination."""
+
+    destination: str
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+    data: dict[str, Any] | None = None  # the JSON object body, if it was one
+
+    @property
+    def job_id(self) -> str | None:
+        if self.data is not None and self.data.get("type") == "job":
+            value = self.data.get("id")
+            return str(value) if value is not None else None
+        return None
+
+    @property
+    def seq(self) -> int | None:
+        if self.data is None:
+            return None
+        value = self.data.get("seq")
+        return value if isinstance(value, int) else None
+
+    @property
+    def final(self) -> bool:
+        return bool(self.data is not None and self.data.get("final"))
+
+    @property
+    def content_type(self) -> str | None:
+        for name, value in self.headers:
+            if name == "content-type":
+                return value
+        return None
+
+
+class Listener(Protocol):
+    """What the hub calls, on the event loop; neither call may block or await."""
+
+    def hub_event(self, event: Event) -> None: ...
+
+    def hub_reconnected(self) -> None: ...
+
+
+class Mailbox:
+    """A listener's bounded outbox: latest state wins per key, overflow is flagged, never grown.
+
+    put(item, key): an item with the key of one still pending replaces it in place (job events
+    carry the whole state, so the newer one supersedes; position is kept so order across jobs
+    holds). Past ``maxsize`` pending items the mailbox refuses the item and sets ``overflowed``:
+    its owner must then resync its client (the consumer sends an ERROR and closes; the client
+    reconnects and gets fresh snapshots), so nothing is dropped silently. ``on_ready`` is called
+    (synchronously) when the mailbox goes from empty to non-empty.
+    """
+
+    __slots__ = ("maxsize", "_items", "_counter", "_on_ready", "overflowed", "coalesced")
+
+    def __init__(self, maxsize: int, on_ready: Callable[[], None]):
+        self.maxsize = maxsize
+        self._items: OrderedDict[Any, Any] = OrderedDict()
+        self._counter = 0
+        self._on_ready = on_ready
+        self.overflowed = False
+        self.coalesced = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, item: Any, key: Any = None) -> bool:
+        if self.overflowed:
+            return False
+        was_empty = not self._items
+        if key is not None and key in self._items:
+            self._items[key] = item
+            self.coalesced += 1
+            return True
+        if len(self._items) >= self.maxsize:
+            self.overflowed = True
+            return False
+        if key is None:
+            self._counter += 1
+            key = ("#", self._counter)
+        self._items[key] = item
+        if was_empty:
+            self._on_ready()
+        return True
+
+    def pop_all(self) -> list[Any]:
+        items = list(self._items.values())
+        self._items.clear()
+        return items
+
+
+@dataclass
+class HubStats:
+    """Counters for tests, logs and the benchmark."""
+
+    connects: int = 0
+    outages: int = 0
+    subscribes_sent: int = 0
+    unsubscribes_sent: int = 0
+    messages_received: int = 0
+    deliveries: int = 0
+    published: int = 0
+    publish_dropped: int = 0
+
+
+@dataclass
+class _BrokerSubscription:
+    sub_id: str
+    destination: str
+    listeners: dict[int, Listener] = field(default_factory=dict)
+    ready: asyncio.Future | None = None  # resolved when the broker confirmed the SUBSCRIBE
+
+
+def encode_payload(payload: dict | list | str | bytes, headers: dict | None = None) -> tuple[bytes, list[tuple[str, str]]]:
+    """Body bytes and headers as the publisher makes them: dict/list -> JSON, str -> text, bytes as is."""
+    if isinstance(payload, (dict, list)):
+        body = json.dumps(payload, separators=(",", ":")).encode("utf-8")
+        content_type = "application/json"
+    elif isinstance(payload, str):
+        body = payload.encode("utf-8")
+        content_type = "text/plain;charset=utf-8"
+    elif isinstance(payload, (bytes, bytearray)):
+        body = bytes(payload)
+        content_type = "application/octet-stream"
+    else:
+        raise TypeError(f"Cannot publish a {type(payload).__name__}; use a dict, a str or bytes")
+    merged = {"content-type": content_type}
+    if headers:
+        merged.update({str(k): str(v) for k, v in headers.items()})
+    return body, list(merged.items())
+
+
+def _parse_json(headers: tuple[tuple[str, str], ...], body: bytes) -> dict | None:
+    if not body.startswith(b"{"):
+        return None
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+class Hub:
+    """One STOMP connection for a whole process, shared by its WebSocket consumers.
+
+    Calling contract: create and use it on one event loop. ``start()`` (idempotent) launches the
+    connection task; ``await subscribe(destination, listener)`` adds a listener (and waits for
+    the broker's receipt of the first SUBSCRIBE, so a snapshot read afterwards misses nothing);
+    ``unsubscribe()`` / ``unsubscribe_all()`` remove it; ``publish()`` sends (buffered while the
+    broker is away); ``await close()`` ends it (idempotent).
+    """
+
+    def __init__(
+        self,
+        url: conf.BrokerURL | str | None = None,
+        *,
+        heartbeat_ms: int | None = None,
+        reconnect_min: float | None = None,
+        reconnect_max: float | None = None,
+        publish_buffer: int = PUBLISH_BUFFER,
+        limits: Limits | None = None,
+    ):
+        if url is None:
+            url = conf.broker_url()
+        elif isinstance(url, str):
+            url = conf.parse_broker_url(url)
+        self.url: conf.BrokerURL = url
+        self.heartbeat_ms = conf.get("HEARTBEAT_MS") if heartbeat_ms is None else heartbeat_ms
+        self.reconnect_min = conf.get("RECONNECT_MIN") if reconnect_min is None else reconnect_min
+        self.reconnect_max = conf.get("RECONNECT_MAX") if reconnect_max is None else reconnect_max
+        self.limits = limits or Limits()
+        self.stats = HubStats()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._thread_id: int | None = None
+        self._subs: dict[str, _BrokerSubscription] = {}
+        self._by_sub_id: dict[str, _BrokerSubscription] = {}
+        self._ids = itertools.count(1)
+        self._receipts: dict[str, asyncio.Future] = {}
+        self._pending_publish: list[tuple[str, bytes, list[tuple[str, str]]]] = []
+        self._publish_buffer = publish_buffer
+        self._writer: asyncio.StreamWriter | None = None
+        self._connected = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._closed = False
+        self._last_write = 0.0
+        self._session_error: str | None = None
+
+    # ----------------------------------------------------------------- lifecycle
+
+    @property
+    def connected(self) -> bool:
+        return self._writer is not None and self._connected.is_set()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def start(self) -> None:
+        """Start the connection task on the running loop (idempotent)."""
+        if self._closed:
+            raise RuntimeError("This hub was closed; create a new one")
+        if self._task is not None:
+            return
+        self.loop = asyncio.get_running_loop()
+        self._thread_id = threading.get_ident()
+        self._task = self.loop.create_task(self._run(), name=f"stomp-hub {self.url}")
+
+    async def wait_connected(self, timeout: float) -> bool:
+        """True once connected (and resubscribed), False after ``timeout`` seconds."""
+        try:
+            await asyncio.wait_for(self._connected.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def close(self) -> None:
+        """Disconnect and stop reconnecting (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        writer = self._writer
+        if writer is not None:
+            try:
+                writer.write(encode_frame(Frame("DISCONNECT")))
+            except Exception:
+                pass
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+        self._drop_writer()
+        for future in self._receipts.values():
+            if not future.done():
+                future.set_result(False)
+        self._receipts.clear()
+
+    # ----------------------------------------------------------------- subscriptions
+
+    async def subscribe(self, destination: str, listener: Listener) -> None:
+        """Deliver the broker's messages for ``destination`` to ``listener`` from now on.
+
+        Returns once the broker confirmed the subscription (or after SUBSCRIBE_RECEIPT_TIMEOUT,
+        or at once while the broker is away: the listener is told when it is back).
+        """
+        self.start()
+        sub = self._subs.get(destination)
+        if sub is None:
+            sub = _BrokerSubscription(sub_id=f"hub-{next(self._ids)}", destination=destination)
+            self._subs[destination] = sub
+            self._by_sub_id[sub.sub_id] = sub
+            sub.listeners[id(listener)] = listener
+            if self.connected:
+                sub.ready = self._send_subscribe(sub)
+        else:
+            sub.listeners[id(listener)] = listener
+        ready = sub.ready
+        if ready is not None and not ready.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(ready), SUBSCRIBE_RECEIPT_TIMEOUT)
+            except TimeoutError:
+                logger.warning("No receipt for SUBSCRIBE %s within %.0f s", destination, SUBSCRIBE_RECEIPT_TIMEOUT)
+
+    def unsubscribe(self, destination: str, listener: Listener) -> None:
+        """Stop delivering ``destination`` to ``listener``; the last one out unsubscribes the broker."""
+        sub = self._subs.get(destination)
+        if sub is None or sub.listeners.pop(id(listener), None) is None:
+            return
+        if sub.listeners:
+            return
+        del self._subs[destination]
+        self._by_sub_id.pop(sub.sub_id, None)
+        if self.connected:
+            self._write(Frame("UNSUBSCRIBE", (("id", sub.sub_id),)))
+            self.stats.unsubscribes_sent += 1
+
+    def unsubscribe_all(self, listener: Listener) -> None:
+        for destination in [d for d, s in self._subs.items() if id(listener) in s.listeners]:
+            self.unsubscribe(destination, listener)
+
+    def listener_count(self, destination: str) -> int:
+        sub = self._subs.get(destination)
+        return len(sub.listeners) if sub else 0
+
+    @property
+    def destinations(self) -> list[str]:
+        """Destinations with at least one local listener (hence one broker subscription)."""
+        return list(self._subs)
+
+    def _send_subscribe(self, sub: _BrokerSubscription) -> asyncio.Future:
+        receipt = f"hub-sub-{next(self._ids)}"
+        future = self.loop.create_future()
+        self._receipts[receipt] = future
+        self._write(
+            Frame(
+                "SUBSCRIBE",
+                (("id", sub.sub_id), ("destination", sub.destination), ("ack", "auto"), ("receipt", receipt)),
+            )
+        )
+        self.stats.subscribes_sent += 1
+        return future
+
+    # ----------------------------------------------------------------- publishing
+
+    def publish(self, destination: str, payload: dict | list | str | bytes, *, headers: dict | None = None) -> None:
+        """Send a message through this connection; buffered (bounded) while the broker is away.
+
+        Call on the hub's loop (use publish_threadsafe() from other threads). Never raises for
+        a broker problem; raises TypeError for a payload that cannot be sent.
+        """
+        body, frame_headers = encode_payload(payload, headers)
+        frame_headers = [("destination", destination), *frame_headers, ("content-length", str(len(body)))]
+        if self.connected:
+            self._write(Frame("SEND", tuple(frame_headers), body))
+            self.stats.published += 1
+            return
+        if len(self._pending_publish) >= self._publish_buffer:
+            self._pending_publish.pop(0)
+            self.stats.publish_dropped += 1
+        self._pending_publish.append((destination, body, frame_headers))
+
+    # ----------------------------------------------------------------- connection
+
+    def _write(self, frame: Frame | None) -> None:
+        writer = self._writer
+        if writer is None:
+            return
+        data = b"\n" if frame is None else encode_frame(frame)
+        writer.write(data)
+        self._last_write = time.monotonic()
+        transport = writer.transport
+        if transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
+            logger.warning("STOMP broker %s is not reading; dropping the connection", self.url)
+            transport.abort()
+
+    def _drop_writer(self) -> None:
+        writer, self._writer = self._writer, None
+        self._connected.clear()
+        if writer is not None:
+            try:
+                writer.transport.abort()
+            except Exception:
+                pass
+
+    async def _run(self) -> None:
+        delay = self.reconnect_min
+        outage_logged = False
+        while not self._closed:
+            started = time.monotonic()
+            error = None
+            try:
+                await self._session()
+            except asyncio.CancelledError:
+                raise
+            except (OSError, TimeoutError, StompError, ConnectionError) as exc:
+                error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            except Exception as exc:  # a bug must not end live delivery for the whole process
+                logger.exception("STOMP hub session failed")
+                error = type(exc).__name__
+            finally:
+                self._drop_writer()
+                for future in self._receipts.values():
+                    if not future.done():
+                        future.set_result(False)
+                self._receipts.clear()
+            if self._closed:
+                break
+            error = error or self._session_error or "connection closed"
+            self._session_error = None
+            if time.monotonic() - started > 2 * self.reconnect_max:
+                delay = self.reconnect_min  # it was up for a while: this is a new outage
+                outage_logged = False
+            if not outage_logged:
+                logger.warning("STOMP hub lost the broker %s (%s); reconnecting", self.url, error)
+                self.stats.outages += 1
+                outage_logged = True
+            await asyncio.sleep(delay)
+            delay = min(self.reconnect_max, max(delay * 2, self.reconnect_min))
+
+    async def _session(self) -> None:
+        url = self.url
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(url.host, url.port), CONNECT_TIMEOUT)
+        self._writer = writer
+        parser = FrameParser(self.limits)
+        connect_headers = [("accept-version", "1.2"), ("host", url.vhost or "/")]
+        if url.login is not None:
+            connect_headers.append(("login", url.login))
+        if url.passcode is not None:
+            connect_headers.append(("passcode", url.passcode))
+        connect_headers.append(("heart-beat", f"{self.heartbeat_ms},{self.heartbeat_ms}"))
+        self._write(Frame("CONNECT", tuple(connect_headers)))
+
+        connected = await asyncio.wait_for(self._read_connected(reader, parser), CONNECT_TIMEOUT)
+        send_ms, expect_ms = self._negotiate_heartbeat(connected.get("heart-beat", "0,0"))
+        self.stats.connects += 1
+        logger.info("STOMP hub connected to %s (heart-beat send %d ms, expect %d ms)", url, send_ms, expect_ms)
+
+        # Resubscribe everything, flush what was published meanwhile, then wait for the receipts
+        # so listeners resync (read the database) only once the broker delivers again.
+        futures = []
+        for sub in list(self._subs.values()):
+            sub.ready = self._send_subscribe(sub)
+            futures.append(sub.ready)
+        pending, self._pending_publish = self._pending_publish, []
+        for destination, body, headers in pending:
+            self._write(Frame("SEND", tuple(headers), body))
+            self.stats.published += 1
+        self._connected.set()
+
+        heartbeat_task = asyncio.create_task(self._heartbeat(send_ms)) if send_ms else None
+        resync_task = asyncio.create_task(self._resync_after(futures))
+        try:
+            await self._read_loop(reader, parser, expect_ms)
+        finally:
+            for task in (heartbeat_task, resync_task):
+                if task is not None:
+                    task.cancel()
+
+    async def _read_connected(self, reader: asyncio.StreamReader, parser: FrameParser) -> Frame:
+        while True:
+            data = await reader.read(READ_CHUNK)
+            if not data:
+                raise ConnectionError("broker closed the connection before CONNECTED")
+            parser.receive_data(data)
+            for event in parser.events_received():
+                if event is HEARTBEAT:
+                    continue
+                if event.command == "CONNECTED":
+                    return event
+                if event.command == "ERROR":
+                    raise ConnectionError(f"broker refused the connection: {event.get('message', '')}".strip())
+                raise ConnectionError(f"unexpected {event.command} frame before CONNECTED")
+
+    def _negotiate_heartbeat(self, header: str) -> tuple[int, int]:
+        try:
+            sx, sy = (int(part) for part in header.split(","))
+        except ValueError:
+            sx, sy = 0, 0
+        ours = self.heartbeat_ms
+        send_ms = max(ours, sy) if ours and sy else 0
+        expect_ms = max(ours, sx) if ours and sx else 0
+        return send_ms, expect_ms
+
+    async def _heartbeat(self, send_ms: int) -> None:
+        interval = send_ms / 1000
+        while True:
+            await asyncio.sleep(interval / 2)
+            if time.monotonic() - self._last_write >= interval / 2:
+                self._write(None)
+
+    async def _resync_after(self, futures: list[asyncio.Future]) -> None:
+        if futures:
+            try:
+                await asyncio.wait_for(asyncio.gather(*futures), SUBSCRIBE_RECEIPT_TIMEOUT)
+            except TimeoutError:
+                logger.warning("Broker did not confirm %d resubscriptions in time", len(futures))
+        listeners: dict[int, Listener] = {}
+        for sub in self._subs.values():
+            listeners.update(sub.listeners)
+        for listener in listeners.values():
+            try:
+                listener.hub_reconnected()
+            except Exception:
+                logger.exception("A hub listener failed on reconnect")
+
+    async def _read_loop(self, reader: asyncio.StreamReader, parser: FrameParser, expect_ms: int) -> None:
+        timeout = expect_ms / 1000 * HEARTBEAT_GRACE if expect_ms else None
+        while True:
+            try:
+                data = await asyncio.wait_for(reader.read(READ_CHUNK), timeout)
+            except TimeoutError:
+                raise ConnectionError(f"no heart-beat from the broker for {timeout:.1f} s") from None
+            if not data:
+                raise ConnectionError("broker closed the connection")
+            parser.receive_data(data)
+            for event in parser.events_received():
+                if event is HEARTBEAT:
+                    continue
+                self._dispatch(event)
+
+    def _dispatch(self, frame: Frame) -> None:
+        command = frame.command
+        if command == "MESSAGE":
+            self.stats.messages_received += 1
+            sub = self._by_sub_id.get(frame.get("subscription", ""))
+            if sub is None:
+                return  # unsubscribed meanwhile
+            event = Event(
+                destination=sub.destination,
+                headers=frame.headers,
+                body=frame.body,
+                data=_parse_json(frame.headers, frame.body),
+            )
+            for listener in list(sub.listeners.values()):
+                try:
+                    listener.hub_event(event)
+                    self.stats.deliveries += 1
+                except Exception:
+                    logger.exception("A hub listener failed on a message for %s", sub.destination)
+        elif command == "RECEIPT":
+            future = self._receipts.pop(frame.get("receipt-id", ""), None)
+            if future is not None and not future.done():
+                future.set_result(True)
+        elif command == "ERROR":
+            message = frame.get("message", "") or frame.body.decode("utf-8", "replace")[:200]
+            raise ConnectionError(f"broker sent ERROR: {message}")
+
+
+# --------------------------------------------------------------------- the process hub
+
+_hub: Hub | None = None
+
+
+def current_hub() -> Hub | None:
+    """The process hub if one is running on a loop that is still open, else None."""
+    hub = _hub
+    if hub is None or hub.closed or hub.loop is None or hub.loop.is_closed():
+        return None
+    return hub
+
+
+def get_hub() -> Hub:
+    """The process hub, created and started on the running loop at first use.
+
+    A hub belongs to one event loop: when called on a different loop (tests run one loop per
+    test), the old one is dropped and a new one made, reading NOTIFICATIONS settings again.
+    """
+    global _hub
+    loop = asyncio.get_running_loop()
+    hub = _hub
+    if hub is not None and not hub.closed and hub.loop is loop:
+        return hub
+    hub = Hub()
+    hub.start()
+    _hub = hub
+    return hub
+
+
+async def shutdown() -> None:
+    """Close the process hub (tests, server shutdown)."""
+    global _hub
+    hub, _hub = _hub, None
+    if hub is not None and hub.loop is asyncio.get_running_loop():
+        await hub.close()
+
+
+def publish_threadsafe(destination: str, payload: dict | list | str | bytes, *, headers: dict | None = None) -> bool:
+    """Publish through the process hub from any thread; False when there is no connected hub.
+
+    Used by notifications.api so that a web process does not open a second broker connection;
+    callers fall back to notifications.publisher.publish on False.
+    """
+    hub = current_hub()
+    if hub is None or not hub.connected:
+        return False
+    if threading.get_ident() == hub._thread_id:
+        hub.publish(destination, payload, headers=headers)
+        return True
+    encode_payload(payload, headers)  # raise TypeError in the caller's thread, not on the loop
+    try:
+        hub.loop.call_soon_threadsafe(lambda: hub.publish(destination, payload, headers=headers))
+    except RuntimeError:  # the loop closed in between
+        return False
+    return True
