@@ -1,0 +1,438 @@
+"""Built-in tasks: the debug report, a downloadable text file about this installation.
+
+The report is built step by step (each step reports progress and a log line, and honours a
+cancel request), with a short pause between steps so a person can watch it run:
+JOBS["DEBUG_REPORT_STEP_DELAY"] seconds (default 0.6; tests set 0). The text is stored with
+jobs.progress.save_result_file() (default storage, jobs/<job id>/debug-report-<time>.txt) and
+served by jobs:download; the task returns {"file": <storage name>, "size": <bytes>, ...}.
+
+Secrets never reach the file: any setting whose name contains KEY, SECRET, PASSWORD, TOKEN,
+PASS or CREDENTIAL is masked (recursively, inside dicts and lists too), and so is the password
+of any URL (scheme://user:password@host) anywhere in settings values and log lines.
+
+Recent log lines come from an in-process ring buffer (the last RECENT_LOG_LINES records of
+the root logger at INFO and above), installed when this module is imported: admin autodiscovery
+imports it in every process that loads the admin, the worker included.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+import platform
+import re
+import socket
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone as dt_timezone
+from typing import Any
+
+from django.tasks import task
+
+from .progress import check_cancelled, current_job_id, log, report_progress, save_result_file
+
+__all__ = [
+    "debug_report",
+    "build_debug_report",
+    "ReportSection",
+    "mask_secrets",
+    "mask_url_passwords",
+    "is_secret_name",
+    "secret_key_problems",
+    "RecentLogHandler",
+    "install_recent_log_handler",
+    "recent_log_lines",
+    "DEFAULT_STEP_DELAY",
+    "RECENT_LOG_LINES",
+]
+
+logger = logging.getLogger(__name__)
+
+# A watchable demo: eight steps of ~0.6 s is about five seconds in total.
+DEFAULT_STEP_DELAY = 0.6
+# Log records kept in memory for the report's last section.
+RECENT_LOG_LINES = 200
+# How long the broker check may wait for TCP plus the CONNECTED frame.
+BROKER_CHECK_TIMEOUT = 2.0
+MASK = "********"
+
+# Setting names (and dict keys inside settings) whose values are secrets.
+_SECRET_NAME = re.compile(r"KEY|SECRET|PASSWORD|TOKEN|PASS|CREDENTIAL", re.IGNORECASE)
+# scheme://user:password@host  ->  scheme://user:********@host
+_URL_PASSWORD = re.compile(r"(?P<prefix>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*:)(?P<password>[^@\s/]+)(?P<at>@)")
+
+# Django's own thresholds for a strong SECRET_KEY (django.core.checks.security.base).
+SECRET_KEY_MIN_LENGTH = 50
+SECRET_KEY_MIN_UNIQUE_CHARACTERS = 5
+SECRET_KEY_INSECURE_PREFIXES = ("django-insecure", "insecure")
+
+
+# ----------------------------------------------------------------------------- masking
+
+
+def is_secret_name(name: str) -> bool:
+    return bool(_SECRET_NAME.search(str(name)))
+
+
+def mask_url_passwords(text: str) -> str:
+    """Replace the password part of every URL in ``text``."""
+    return _URL_PASSWORD.sub(lambda m: f"{m['prefix']}{MASK}{m['at']}", text)
+
+
+def mask_secrets(value: Any, name: str = "") -> Any:
+    """A copy of ``value`` fit for a report: secrets by name masked, URL passwords masked."""
+    if name and is_secret_name(name):
+        return MASK if value not in (None, "", [], {}, ()) else value
+    if isinstance(value, dict):
+        return {k: mask_secrets(v, str(k)) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(mask_secrets(v) for v in value)
+    if isinstance(value, str):
+        return mask_url_passwords(value)
+    return value
+
+
+def secret_key_problems(key: str) -> list[str]:
+    """Why SECRET_KEY is weak (empty list: strong enough), using Django's own thresholds."""
+    problems = []
+    if not key:
+        return ["SECRET_KEY is empty"]
+    if len(key) < SECRET_KEY_MIN_LENGTH:
+        problems.append(f"shorter than {SECRET_KEY_MIN_LENGTH} characters ({len(key)})")
+    if len(set(key)) < SECRET_KEY_MIN_UNIQUE_CHARACTERS:
+        problems.append(f"fewer than {SECRET_KEY_MIN_UNIQUE_CHARACTERS} distinct characters")
+    if key.lower().startswith(SECRET_KEY_INSECURE_PREFIXES):
+        problems.append("starts with 'insecure': a development key")
+    return problems
+
+
+# ----------------------------------------------------------------------------- recent logs
+
+
+class RecentLogHandler(logging.Handler):
+    """Keeps the last ``capacity`` formatted records in memory (a bounded ring buffer)."""
+
+    def __init__(self, capacity: int = RECENT_LOG_LINES, level: int = logging.INFO) -> None:
+        super().__init__(level)
+        self.records: deque[str] = deque(maxlen=capacity)
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.records.append(self.format(record))
+        except Exception:
+            self.handleError(record)
+
+
+_recent_handler: RecentLogHandler | None = None
+_recent_lock = threading.Lock()
+
+
+def install_recent_log_handler() -> RecentLogHandler:
+    """Attach the ring buffer to the root logger once per process and return it."""
+    global _recent_handler
+    with _recent_lock:
+        if _recent_handler is None:
+            _recent_handler = RecentLogHandler()
+            logging.getLogger().addHandler(_recent_handler)
+        return _recent_handler
+
+
+def recent_log_lines(limit: int = RECENT_LOG_LINES) -> list[str]:
+    handler = install_recent_log_handler()
+    lines = list(handler.records)
+    return lines[-limit:] if limit else lines
+
+
+install_recent_log_handler()
+
+
+# ----------------------------------------------------------------------------- the report
+
+
+@dataclass(frozen=True)
+class ReportSection:
+    """One titled block of the report, and a one-line summary for the job's log."""
+
+    title: str
+    lines: tuple[str, ...]
+    summary: str
+
+
+def _section_environment() -> ReportSection:
+    import django
+
+    lines = (
+        f"Python: {sys.version.split()[0]} ({platform.python_implementation()}, {sys.executable})",
+        f"Django: {django.get_version()}",
+        f"Platform: {platform.platform()}",
+        f"Process: pid {os.getpid()} on {socket.gethostname()}",
+        f"Settings module: {os.environ.get('DJANGO_SETTINGS_MODULE', '(not set)')}",
+    )
+    return ReportSection(
+        "Environment", lines, f"Python {sys.version.split()[0]}, Django {django.get_version()}"
+    )
+
+
+def _section_packages() -> ReportSection:
+    found: dict[str, str] = {}
+    for dist in importlib.metadata.distributions():
+        name = dist.metadata.get("Name") or ""
+        if name:
+            found.setdefault(name, dist.version)
+    lines = tuple(f"{name}=={version}" for name, version in sorted(found.items(), key=lambda i: i[0].lower()))
+    return ReportSection("Installed packages", lines, f"{len(lines)} installed packages")
+
+
+def _section_settings() -> ReportSection:
+    from django.conf import settings
+
+    problems: list[str] = []
+    if settings.DEBUG:
+        problems.append("DEBUG is on: never in production")
+    if not settings.ALLOWED_HOSTS:
+        problems.append("ALLOWED_HOSTS is empty: only fine with DEBUG on")
+    elif "*" in settings.ALLOWED_HOSTS:
+        problems.append("ALLOWED_HOSTS contains '*': any Host header is accepted")
+    key_problems = secret_key_problems(str(getattr(settings, "SECRET_KEY", "") or ""))
+    lines = [
+        f"DEBUG = {settings.DEBUG!r}",
+        f"ALLOWED_HOSTS = {list(settings.ALLOWED_HOSTS)!r}",
+        f"SECRET_KEY = {MASK} ({'strong enough' if not key_problems else 'weak: ' + '; '.join(key_problems)})",
+    ]
+    problems += [f"SECRET_KEY {p}" for p in key_problems]
+    lines.append("")
+    lines.append("Sanity: " + ("no problems found" if not problems else f"{len(problems)} problem(s)"))
+    lines += [f"  - {p}" for p in problems]
+    lines.append("")
+    lines.append("All settings (secrets masked):")
+    for name in sorted(dir(settings)):
+        if not name.isupper():
+            continue
+        value = mask_secrets(getattr(settings, name), name)
+        lines.append(f"  {name} = {value!r}")
+    summary = "settings look sane" if not problems else f"{len(problems)} settings problem(s)"
+    return ReportSection("Settings", tuple(lines), summary)
+
+
+def _section_checks() -> ReportSection:
+    from django.core import checks
+
+    try:
+        messages = checks.run_checks(include_deployment_checks=True)
+    except Exception as exc:  # a broken check must not sink the whole report
+        return ReportSection("System checks", (f"could not run: {type(exc).__name__}: {exc}",), "system checks failed to run")
+    lines = tuple(mask_url_passwords(f"{m.id or '?'} [{logging.getLevelName(m.level)}] {m.msg}") for m in messages)
+    return ReportSection(
+        "System checks (deployment included)", lines or ("no issues",), f"{len(messages)} system check message(s)"
+    )
+
+
+def _section_database() -> ReportSection:
+    from django.db import connection
+
+    from .models import Job
+
+    try:
+        started = time.perf_counter()
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            cursor.fetchone()
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        version = _database_version(connection)
+    except Exception as exc:
+        return ReportSection(
+            "Database", (f"FAILED: {type(exc).__name__}: {mask_url_passwords(str(exc))}",), "database check FAILED"
+        )
+    try:
+        counts = {row["status"]: row["n"] for row in _job_counts(Job)}
+        jobs_line = "Jobs by status: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none")
+    except Exception as exc:  # reachable but not migrated: say so, the check itself passed
+        jobs_line = f"Jobs by status: unavailable ({type(exc).__name__}: {exc})"
+    name = mask_url_passwords(str(connection.settings_dict.get("NAME", "")))
+    lines = (
+        f"Status: ok (SELECT 1 in {elapsed_ms:.1f} ms)",
+        f"Vendor: {connection.vendor} {version}",
+        f"Name: {name}",
+        jobs_line,
+    )
+    return ReportSection("Database", lines, f"database ok ({connection.vendor} {version})")
+
+
+def _database_version(connection) -> str:
+    if connection.vendor == "sqlite":
+        import sqlite3
+
+        return sqlite3.sqlite_version
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("SHOW server_version")
+        else:
+            cursor.execute("SELECT VERSION()")
+        return str(cursor.fetchone()[0])
+
+
+def _job_counts(Job) -> Iterable[dict]:
+    from django.db.models import Count
+
+    return Job.objects.order_by().values("status").annotate(n=Count("id"))
+
+
+def check_broker(url: str | None = None, timeout: float = BROKER_CHECK_TIMEOUT) -> tuple[bool, str]:
+    """Open a fresh STOMP connection (CONNECT, wait for CONNECTED, DISCONNECT) within ``timeout``.
+
+    Returns (ok, description); never raises.
+    """
+    from notifications import conf
+    from notifications.codec import Frame, FrameParser, encode_frame
+
+    try:
+        parsed = conf.parse_broker_url(url or conf.get("BROKER_URL"))
+    except ValueError as exc:
+        return False, str(exc)
+    headers = [("accept-version", "1.0,1.1,1.2"), ("host", parsed.vhost or "/"), ("heart-beat", "0,0")]
+    if parsed.login:
+        headers.append(("login", parsed.login))
+    if parsed.passcode:
+        headers.append(("passcode", parsed.passcode))
+    started = time.perf_counter()
+    try:
+        with socket.create_connection((parsed.host, parsed.port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            sock.sendall(encode_frame(Frame("CONNECT", tuple(headers))))
+            parser = FrameParser()
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                data = sock.recv(65536)
+                if not data:
+                    return False, f"{parsed}: connection closed before CONNECTED"
+                parser.receive_data(data)
+                frames = [f for f in parser.events_received() if isinstance(f, Frame)]
+                if frames:
+                    frame = frames[0]
+                    if frame.command != "CONNECTED":
+                        return False, f"{parsed}: {frame.command} {frame.get('message', '')}".strip()
+                    elapsed_ms = (time.perf_counter() - started) * 1000
+                    try:
+                        sock.sendall(encode_frame(Frame("DISCONNECT")))
+                    except OSError:
+                        pass
+                    server = frame.get("server", "unknown server")
+                    return True, f"{parsed}: CONNECTED in {elapsed_ms:.0f} ms (STOMP {frame.get('version', '1.0')}, {server})"
+            return False, f"{parsed}: no CONNECTED within {timeout:g} s"
+    except Exception as exc:
+        return False, f"{parsed}: {type(exc).__name__}: {exc}"
+
+
+def _section_broker() -> ReportSection:
+    ok, description = check_broker()
+    lines = [f"Status: {'ok' if ok else 'FAILED'}", description]
+    try:
+        from notifications.publisher import get_publisher
+
+        stats = get_publisher().stats()
+        lines.append(
+            f"This process's publisher: connected={stats.connected}, pending={stats.pending}, "
+            f"in flight={stats.in_flight}, sent={stats.sent}, dropped={stats.dropped}, outages={stats.outages}"
+        )
+    except Exception as exc:
+        lines.append(f"This process's publisher: unavailable ({type(exc).__name__}: {exc})")
+    return ReportSection("STOMP broker", tuple(lines), "broker ok" if ok else "broker check FAILED")
+
+
+def _section_logs() -> ReportSection:
+    lines = tuple(mask_url_passwords(line) for line in recent_log_lines())
+    return ReportSection(
+        f"Recent log lines (last {RECENT_LOG_LINES} of this process, INFO and above)",
+        lines or ("(none yet)",),
+        f"{len(lines)} recent log lines",
+    )
+
+
+# (progress message, section builder); the order is the order of the file.
+STEPS: tuple[tuple[str, Callable[[], ReportSection]], ...] = (
+    ("Collecting Python and Django versions", _section_environment),
+    ("Listing installed packages", _section_packages),
+    ("Checking settings (secrets masked)", _section_settings),
+    ("Running Django's system checks", _section_checks),
+    ("Checking the database", _section_database),
+    ("Checking the STOMP broker", _section_broker),
+    ("Collecting recent log lines", _section_logs),
+)
+
+
+def _step_delay() -> float:
+    from django.conf import settings
+
+    jobs_settings = getattr(settings, "JOBS", {}) or {}
+    try:
+        return max(0.0, float(jobs_settings.get("DEBUG_REPORT_STEP_DELAY", DEFAULT_STEP_DELAY)))
+    except (TypeError, ValueError):
+        return DEFAULT_STEP_DELAY
+
+
+def build_debug_report(
+    before_step: Callable[[int, int, str], None] | None = None,
+    after_step: Callable[[ReportSection], None] | None = None,
+    step_delay: float = 0.0,
+) -> tuple[str, list[ReportSection]]:
+    """Build the report text. ``before_step(done, total, message)`` runs before each step (it
+    may raise to stop, e.g. JobCancelled), ``after_step(section)`` after it."""
+    generated = datetime.now(dt_timezone.utc)
+    sections: list[ReportSection] = []
+    total = len(STEPS) + 1
+    for index, (message, build) in enumerate(STEPS):
+        if before_step is not None:
+            before_step(index, total, message)
+        if step_delay:
+            time.sleep(step_delay)
+        section = build()
+        sections.append(section)
+        if after_step is not None:
+            after_step(section)
+    job_id = current_job_id()
+    out = [
+        "Debug report",
+        f"Generated: {generated.isoformat(timespec='seconds')}",
+        f"Job: {job_id}" if job_id else "Job: (run outside a worker)",
+        "",
+    ]
+    for section in sections:
+        out += [section.title, "=" * len(section.title), *section.lines, ""]
+    return "\n".join(out), sections
+
+
+def _before_step(done: int, total: int, message: str) -> None:
+    check_cancelled()
+    report_progress(done, total, message + "…")
+
+
+def _after_step(section: ReportSection) -> None:
+    log(f"{section.title}: {section.summary}")
+
+
+@task(queue_name="reports")
+def debug_report() -> dict[str, Any]:
+    """Collect versions, packages, settings sanity, database and broker checks and recent logs
+    into a downloadable text file, step by step."""
+    total = len(STEPS) + 1
+    text, sections = build_debug_report(_before_step, _after_step, step_delay=_step_delay())
+    check_cancelled()
+    report_progress(len(STEPS), total, "Writing the report file…")
+    filename = f"debug-report-{datetime.now(dt_timezone.utc).strftime('%Y%m%d-%H%M%S')}.txt"
+    name = save_result_file(filename, text)
+    size = len(text.encode("utf-8"))
+    failed = [s.title for s in sections if "FAILED" in s.summary]
+    report_progress(total, total, "Report ready" + (f" ({', '.join(failed)} failed)" if failed else ""))
+    log(f"Wrote {filename} ({size} bytes)")
+    return {
+        "file": name,
+        "filename": filename,
+        "size": size,
+        "sections": [s.title for s in sections],
+        "failed_checks": failed,
+    }
