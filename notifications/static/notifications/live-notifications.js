@@ -1,0 +1,164 @@
+// Live notifications: toasts and the unread counter rendered by {% live_notifications %}.
+//
+// The server renders the counter and the newest notifications, so the page is right without
+// JavaScript. Here: new ones arrive over STOMP (/user/queue/notifications and the broadcast
+// topic) as toasts; after every (re)connect the JSON list is fetched to catch up with anything
+// sent while the socket was away; marking read goes over STOMP, or over HTTP if that fails.
+import { connection } from './stomp-client.js';
+
+const BROADCAST = '/topic/notifications.broadcast';
+const USER_QUEUE = '/user/queue/notifications';
+// Info and success toasts go away on their own; warnings and errors stay until closed.
+const TOAST_MS = 10000;
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k === 'class') node.className = v;
+    else if (k === 'dataset') Object.assign(node.dataset, v);
+    else node.setAttribute(k, v === true ? '' : v);
+  }
+  for (const c of children) if (c !== null && c !== undefined) node.append(c);
+  return node;
+}
+
+class LiveNotifications {
+  constructor(root) {
+    this.root = root;
+    this.badge = root.querySelector('[data-unread]');
+    this.list = root.querySelector('.ln-list');
+    this.toasts = document.querySelector('.ln-toasts') || document.body.appendChild(el('div', { class: 'ln-toasts', role: 'status', 'aria-live': 'polite' }));
+    this.listUrl = root.dataset.listUrl;
+    this.readUrl = root.dataset.readUrl;
+    this.csrf = root.dataset.csrf;
+    this.known = new Set();
+    this.newest = 0;
+    for (const item of root.querySelectorAll('.ln-item[data-id]')) {
+      const id = Number(item.dataset.id);
+      this.known.add(id);
+      this.newest = Math.max(this.newest, id);
+    }
+    // Anything created after the server rendered this page shows as a toast on the first fetch.
+    this.newest = Math.max(this.newest, Number(root.dataset.newest || 0));
+    root.addEventListener('click', (e) => this._onClick(e));
+    const markAll = root.querySelector('form.ln-mark-all');
+    if (markAll) markAll.addEventListener('submit', (e) => { e.preventDefault(); this.markRead(null); });
+
+    this.client = connection();
+    this.client.subscribe(USER_QUEUE, (frame) => this.onEvent(frame.json()));
+    this.client.subscribe(BROADCAST, (frame) => this.onEvent(frame.json()), { onError: () => {} });
+    this.client.addEventListener('connect', () => this.catchUp());
+  }
+
+  setUnread(n) {
+    if (typeof n !== 'number' || !this.badge) return;
+    this.badge.dataset.unread = String(n);
+    this.badge.textContent = n > 99 ? '99+' : String(n);
+    this.badge.hidden = n === 0;
+    this.root.classList.toggle('ln-has-unread', n > 0);
+  }
+
+  async catchUp() {
+    try {
+      const response = await fetch(this.listUrl, { credentials: 'same-origin', headers: { Accept: 'application/json' } });
+      if (!response.ok) return;
+      const data = await response.json();
+      const fresh = data.notifications.filter((n) => !this.known.has(n.id) && n.id > this.newest).reverse();
+      for (const n of fresh) this.add(n, { toast: true });
+      for (const n of data.notifications) if (n.read) this._markItem(n.id);
+      this.setUnread(data.unread);
+    } catch (e) {
+      /* offline: the next reconnect tries again */
+    }
+  }
+
+  onEvent(event) {
+    if (event.type === 'notification') {
+      if (!this.known.has(event.id)) this.add(event, { toast: true });
+      if (typeof event.unread === 'number') this.setUnread(event.unread);
+    } else if (event.type === 'notifications.read') {
+      if (event.ids === null) for (const item of this.root.querySelectorAll('.ln-item.ln-unread')) this._markItem(Number(item.dataset.id));
+      else for (const id of event.ids) this._markItem(id);
+      this.setUnread(event.unread);
+    }
+  }
+
+  add(n, { toast }) {
+    this.known.add(n.id);
+    this.newest = Math.max(this.newest, n.id);
+    const empty = this.list && this.list.querySelector('.ln-empty');
+    if (empty) empty.remove();
+    if (this.list) this.list.prepend(this._item(n));
+    if (toast) this.toast(n);
+  }
+
+  _item(n) {
+    return el('li', { class: `ln-item ln-${n.level}${n.read ? '' : ' ln-unread'}`, dataset: { id: String(n.id) } },
+      el('div', { class: 'ln-title' }, n.link ? el('a', { href: n.link, 'data-read': String(n.id) }, n.title) : n.title),
+      n.text ? el('div', { class: 'ln-text' }, n.text) : null,
+      el('div', { class: 'ln-meta' }, el('time', { datetime: n.created }, new Date(n.created).toLocaleTimeString()),
+        n.read ? null : el('button', { type: 'button', class: 'ln-read', 'data-read': String(n.id), title: 'Mark as read' }, 'Mark read')));
+  }
+
+  toast(n) {
+    const node = el('div', { class: `ln-toast ln-${n.level}`, role: n.level === 'error' ? 'alert' : 'status', dataset: { id: String(n.id) } },
+      el('div', { class: 'ln-toast-body' },
+        el('strong', { class: 'ln-title' }, n.title),
+        n.text ? el('div', { class: 'ln-text' }, n.text) : null,
+        n.link ? el('a', { href: n.link, class: 'ln-link', 'data-read': String(n.id) }, n.link.includes('/download/') ? 'Download' : 'Open') : null),
+      el('button', { type: 'button', class: 'ln-close', 'aria-label': 'Close and mark as read', 'data-read': String(n.id), 'data-close': '' }, '\u00d7'));
+    node.addEventListener('click', (e) => this._onClick(e));
+    this.toasts.append(node);
+    if (n.level === 'info' || n.level === 'success') setTimeout(() => node.remove(), TOAST_MS);
+  }
+
+  _onClick(e) {
+    const target = e.target.closest('[data-read]');
+    if (!target) return;
+    e.stopPropagation();
+    const id = Number(target.dataset.read);
+    if (target.hasAttribute('data-close')) target.closest('.ln-toast').remove();
+    // Links still navigate; the mark-read goes out first (over HTTP with keepalive when navigating).
+    this.markRead([id], { navigating: target.tagName === 'A' });
+  }
+
+  _markItem(id) {
+    const item = this.list && this.list.querySelector(`.ln-item[data-id="${id}"]`);
+    if (!item) return;
+    item.classList.remove('ln-unread');
+    const button = item.querySelector('button.ln-read');
+    if (button) button.remove();
+  }
+
+  async markRead(ids, { navigating = false } = {}) {
+    for (const id of ids || []) this._markItem(id);
+    if (ids === null) for (const item of this.root.querySelectorAll('.ln-item.ln-unread')) this._markItem(Number(item.dataset.id));
+    const body = ids === null ? { all: true } : ids.length === 1 ? { id: ids[0] } : { ids };
+    if (!navigating && this.client.state === 'connected') {
+      try {
+        await this.client.send('/app/notifications.read', body);
+        return;
+      } catch (e) {
+        /* fall back to HTTP */
+      }
+    }
+    try {
+      const response = await fetch(this.readUrl, {
+        method: 'POST', credentials: 'same-origin', keepalive: true,
+        headers: { 'Content-Type': 'application/json', 'X-CSRFToken': this.csrf, Accept: 'application/json' },
+        body: JSON.stringify(ids === null ? { all: true } : { ids }),
+      });
+      if (response.ok) this.setUnread((await response.json()).unread);
+    } catch (e) {
+      /* the server keeps it unread; it shows again on the next load */
+    }
+  }
+}
+
+for (const root of document.querySelectorAll('[data-live-notifications]')) {
+  if (!root.dataset.bound) {
+    root.dataset.bound = '1';
+    window.liveNotifications = new LiveNotifications(root);
+  }
+}
