@@ -1,0 +1,734 @@
+"""The job worker behind `manage.py jobworker`: claim, run, heartbeat, cancel, time out, retry, recover.
+
+One loop thread owns every database write the worker makes; each job runs in one of
+``concurrency`` slot threads (an async task runs under ``asyncio.run`` in its slot thread).
+
+Claims are atomic across processes: one transaction selects the best READY jobs (priority,
+then run_after) and marks them RUNNING. On SQLite that transaction starts with BEGIN IMMEDIATE
+(DATABASES OPTIONS transaction_mode, checked by jobs.E003), so claimers queue on the write lock;
+on PostgreSQL the SELECT uses FOR UPDATE SKIP LOCKED, so claimers skip each other's rows. Every
+later write to a job is a compare-and-swap on its ``seq`` that also checks the job is still RUNNING
+on this worker, so a job re-queued behind a worker's back can never be finished twice.
+
+Policies (also in the README):
+- Time limit (JOBS["TIME_LIMIT"], @task(time_limit=...)): past it the job is written FAILED
+  (jobs.exceptions.JobTimeout, never retried) and JobTimeout is raised asynchronously in its
+  thread, which stops pure-Python code at once and blocking C calls when they return. The slot
+  stays occupied until the thread really ends, so runaway tasks cannot pile up threads.
+- Retries: a task that raises is run again while attempts < max_attempts, after
+  RETRY_BACKOFF * 2 ** (attempt - 1) seconds (capped at RETRY_BACKOFF_MAX). Cancellation and
+  timeouts are final.
+- Stale jobs: a RUNNING job whose heartbeat is older than JOBS["STALE_AFTER"] belongs to a dead
+  worker (SIGKILL, power loss, a hung process). Any worker finds it (at start, then every
+  STALE_AFTER / 3 seconds) and re-queues it if attempts remain (attempts < max_attempts), else
+  fails it with jobs.exceptions.WorkerLost. A worker that was only frozen longer than STALE_AFTER
+  learns it lost the job at its next cancel poll and drops the result.
+- Stopping: the first stop() (SIGTERM or SIGINT) stops claiming and lets running jobs finish for
+  up to ``shutdown_grace`` seconds; then, or at a second stop(), still-running jobs are released:
+  back to READY, the attempt not counted, their threads told to cancel, the process exits.
+- Cancel requests (Job.cancel()) reach the task within JOBS["CANCEL_POLL_INTERVAL"] through
+  jobs.progress.is_cancel_requested() / check_cancelled(); a task that ignores them runs on.
+"""
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import json
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import traceback
+import uuid
+import weakref
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from inspect import iscoroutinefunction
+from queue import Empty, Queue, SimpleQueue
+from typing import Any
+
+from django.db import DatabaseError, close_old_connections, connection, transaction
+from django.db.models import F
+from django.tasks import TaskContext, task_backends
+from django.tasks.signals import task_finished, task_started
+from django.utils import timezone
+from django.utils.json import normalize_json
+
+from . import conf, events
+from .backends import JobBackend, load_task
+from .exceptions import JobCancelled, JobTimeout, UnknownTask, WorkerLost
+from .models import Job, JobStatus
+from .progress import RunState, activate, deactivate
+
+__all__ = ["Worker", "WorkerStats", "backoff_delay"]
+
+logger = logging.getLogger(__name__)
+
+# Back off this long after a database error in the loop (the database restarting, a lock timeout).
+DB_ERROR_PAUSE = 1.0
+# Compare-and-swap rounds before a write gives up for this loop turn (it is retried next turn).
+CAS_ROUNDS = 5
+# Seconds stop() waits for the slot threads to exit once nothing runs on them.
+THREAD_JOIN_TIMEOUT = 2.0
+
+
+def backoff_delay(attempt: int) -> float:
+    """Seconds to wait before the run after ``attempt`` (1-based) failed."""
+    base = float(conf.get("RETRY_BACKOFF"))
+    cap = float(conf.get("RETRY_BACKOFF_MAX"))
+    return min(cap, base * (2 ** max(0, attempt - 1)))
+
+
+@dataclass(frozen=True)
+class WorkerStats:
+    """What one Worker.run() did."""
+
+    claimed: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    retried: int = 0
+    timed_out: int = 0
+    released: int = 0
+    recovered: int = 0  # stale jobs of other workers re-queued or failed by this one
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """How one run ended, as seen by its slot thread."""
+
+    ok: bool
+    value: Any = None
+    error_type: str = ""
+    error_message: str = ""
+    error_traceback: str = ""
+    cancelled: bool = False
+
+
+@dataclass(eq=False)
+class _Run:
+    job: Job
+    state: RunState
+    task: Any
+    deadline: float | None
+    thread_id: int | None = None
+    finished: bool = False  # the outcome was written (or the run abandoned)
+
+
+def _error_path(exc: BaseException) -> str:
+    cls = type(exc)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _raise_in_thread(thread_id: int, exc_type: type[BaseException]) -> bool:
+    """Ask CPython to raise exc_type in another thread at its next bytecode (not inside C calls)."""
+    done = ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(exc_type))
+    if done > 1:  # should never happen; undo rather than hit several threads
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), None)
+        return False
+    return done == 1
+
+
+class Worker:
+    """Runs jobs of some queues until stopped (or, in burst mode, until none is ready).
+
+    Construct, then call run() (blocking) in any thread; stop() from any thread (or a signal
+    when install_signal_handlers=True) asks it to stop. Bad arguments raise ValueError.
+    """
+
+    def __init__(
+        self,
+        *,
+        queues: list[str] | None = None,
+        concurrency: int | None = None,
+        burst: bool = False,
+        max_jobs: int | None = None,
+        poll_interval: float | None = None,
+        worker_id: str | None = None,
+        backend: str = "default",
+        shutdown_grace: float | None = None,
+        install_signal_handlers: bool = False,
+        wakeups: bool = True,
+    ) -> None:
+        try:
+            backend_obj = task_backends[backend]
+        except Exception as exc:
+            raise ValueError(f"Unknown task backend {backend!r} (TASKS setting): {exc}") from exc
+        if not isinstance(backend_obj, JobBackend):
+            raise ValueError(f"Task backend {backend!r} is {type(backend_obj).__name__}, not jobs.backends.JobBackend.")
+        self.backend: JobBackend = backend_obj
+        known = sorted(backend_obj.queues)
+        queues = list(dict.fromkeys(queues or known))
+        unknown = [q for q in queues if q not in backend_obj.queues]
+        if unknown:
+            raise ValueError(f"Unknown queue(s) {', '.join(unknown)}; the queues of backend {backend!r} are {', '.join(known)}.")
+        concurrency = int(conf.get("CONCURRENCY")) if concurrency is None else concurrency
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ValueError(f"concurrency must be a whole number of at least 1, not {concurrency!r}.")
+        if max_jobs is not None and (isinstance(max_jobs, bool) or not isinstance(max_jobs, int) or max_jobs < 1):
+            raise ValueError(f"max_jobs must be a whole number of at least 1, not {max_jobs!r}.")
+        poll_interval = float(conf.get("POLL_INTERVAL")) if poll_interval is None else poll_interval
+        if not isinstance(poll_interval, (int, float)) or not poll_interval > 0:
+            raise ValueError(f"poll_interval must be a positive number of seconds, not {poll_interval!r}.")
+        grace = float(conf.get("SHUTDOWN_GRACE")) if shutdown_grace is None else shutdown_grace
+        if not isinstance(grace, (int, float)) or grace < 0:
+            raise ValueError(f"shutdown_grace must be zero or more seconds, not {grace!r}.")
+        if worker_id is not None and (not worker_id.strip() or len(worker_id) > 100):
+            raise ValueError("worker_id must be 1 to 100 characters.")
+
+        self.queues = queues
+        self.concurrency = concurrency
+        self.burst = burst
+        self.max_jobs = max_jobs
+        self.poll_interval = float(poll_interval)
+        self.shutdown_grace = float(grace)
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.install_signal_handlers = install_signal_handlers
+        self.wakeups = wakeups
+
+        self._wake = threading.Event()
+        self._claim_now = True
+        self._stop_count = 0
+        self._stop_deadline: float | None = None
+        self._todo: Queue[_Run | None] = Queue()
+        self._done: SimpleQueue[tuple[_Run, _Outcome]] = SimpleQueue()
+        self._runs: dict[Any, _Run] = {}  # claimed and not yet written final, by job id
+        self._busy = 0  # slot threads running a task (abandoned runs included)
+        self._threads: list[threading.Thread] = []
+        self._unwritten: list[tuple[_Run, _Outcome]] = []
+        self._counts = dict.fromkeys(WorkerStats.__dataclass_fields__, 0)
+        self._next_retry_at: float | None = None
+        self.started = threading.Event()  # set once run() is ready to claim (tests wait on it)
+
+    # Control --------------------------------------------------------------------------------
+
+    def stop(self, force: bool = False) -> None:
+        """Stop claiming and finish (first call), or release running jobs and exit (second call or force)."""
+        self._stop_count = 2 if force else self._stop_count + 1
+        if self._stop_deadline is None:
+            self._stop_deadline = time.monotonic() + self.shutdown_grace
+        self._wake.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop_count > 0
+
+    def wake(self) -> None:
+        """Claim at once (a STOMP wake-up calls this)."""
+        self._claim_now = True
+        self._wake.set()
+
+    # The loop -------------------------------------------------------------------------------
+
+    def run(self) -> WorkerStats:
+        """Run until stopped, or until nothing is ready (burst) or max_jobs were run."""
+        previous_handlers = self._install_signals() if self.install_signal_handlers else {}
+        logger.info(
+            "Worker %s: queues %s, concurrency %d%s", self.worker_id, ",".join(self.queues), self.concurrency,
+            ", burst" if self.burst else "",
+        )
+        for n in range(self.concurrency):
+            thread = threading.Thread(target=self._slot, name=f"jobworker-slot-{n}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        if self.wakeups:
+            self._subscribe_wakeups()
+        interval = {
+            "heartbeat": float(conf.get("HEARTBEAT_INTERVAL")),
+            "cancel": float(conf.get("CANCEL_POLL_INTERVAL")),
+            "progress": float(conf.get("PROGRESS_INTERVAL")),
+            "stale": max(0.2, float(conf.get("STALE_AFTER")) / 3),
+        }
+        now = time.monotonic()
+        due = {"heartbeat": now + interval["heartbeat"], "cancel": now + interval["cancel"],
+               "progress": now, "stale": now, "poll": now}
+        self.started.set()
+        try:
+            while True:
+                try:
+                    if self._turn(due, interval):
+                        break
+                except DatabaseError:
+                    logger.exception("Worker %s: database error; retrying in %.1f s", self.worker_id, DB_ERROR_PAUSE)
+                    self._reset_connection()
+                    if self._stop_count >= 2:
+                        break
+                    self._wake.wait(DB_ERROR_PAUSE)
+                wait = min(v for k, v in due.items() if k != "progress" or self._runs) - time.monotonic()
+                if self._next_retry_at is not None and not self.stopping:
+                    wait = min(wait, self._next_retry_at - time.monotonic())
+                if wait > 0 and not self._claim_now and self._done.empty():
+                    self._wake.wait(wait)
+                self._wake.clear()
+        finally:
+            self._shutdown_threads()
+            for signum, handler in previous_handlers.items():
+                signal.signal(signum, handler)
+            close_old_connections()
+        stats = WorkerStats(**self._counts)
+        logger.info("Worker %s stopped: %s", self.worker_id, stats)
+        return stats
+
+    def _turn(self, due: dict[str, float], interval: dict[str, float]) -> bool:
+        """One pass of the loop; True when the worker should exit."""
+        while True:
+            try:
+                self._unwritten.append(self._done.get_nowait())
+            except Empty:
+                break
+        if self._unwritten:
+            self._write_outcomes()
+        now = time.monotonic()
+        if self._timed_out_runs(now):
+            self._time_out(now)
+        if self._stop_count >= 2 or (self._stop_deadline is not None and now >= self._stop_deadline and self._active()):
+            self._release_all()
+            return True
+        if due["progress"] <= now:
+            if self._runs:
+                self._flush_progress()
+            due["progress"] = now + interval["progress"]
+        if due["heartbeat"] <= now:
+            self._heartbeat()
+            due["heartbeat"] = now + interval["heartbeat"]
+        if due["cancel"] <= now:
+            self._poll_cancels()
+            due["cancel"] = now + interval["cancel"]
+        if due["stale"] <= now:
+            self._sweep_stale()
+            due["stale"] = now + interval["stale"]
+
+        if self.stopping:
+            return not self._active()
+        remaining = None if self.max_jobs is None else self.max_jobs - self._counts["claimed"]
+        if remaining == 0:
+            return not self._active()
+        retry_due = self._next_retry_at is not None and self._next_retry_at <= now
+        if self._claim_now or due["poll"] <= now or retry_due:
+            self._claim_now = False
+            if retry_due:
+                self._next_retry_at = None
+            due["poll"] = now + self.poll_interval
+            free = self.concurrency - self._busy
+            claimed = 0
+            if free > 0:
+                limit = free if remaining is None else min(free, remaining)
+                claimed = self._claim(limit)
+                if claimed == limit:
+                    self._claim_now = True  # there may be more
+            if self.burst and claimed == 0 and not self._active() and not self._unwritten:
+                return True
+        return False
+
+    def _active(self) -> bool:
+        return any(not run.finished for run in self._runs.values())
+
+    # Claiming -------------------------------------------------------------------------------
+
+    def _claim(self, limit: int) -> int:
+        now = timezone.now()
+        with transaction.atomic():
+            qs = Job.objects.filter(
+                status=JobStatus.READY, backend=self.backend.alias, queue__in=self.queues, run_after__lte=now
+            ).order_by("-priority", "run_after", "enqueued_at")
+            if connection.features.has_select_for_update_skip_locked:
+                qs = qs.select_for_update(skip_locked=True)
+            jobs = list(qs[:limit])
+            if not jobs:
+                return 0
+            groups: dict[tuple, list[Job]] = {}
+            for job in jobs:
+                groups.setdefault(tuple(job.worker_ids or ()), []).append(job)
+            for previous, members in groups.items():
+                worker_ids = [*previous, self.worker_id]
+                updated = Job.objects.filter(pk__in=[j.pk for j in members], status=JobStatus.READY).update(
+                    status=JobStatus.RUNNING, started_at=now, heartbeat_at=now, finished_at=None,
+                    worker_id=self.worker_id, worker_ids=worker_ids, attempts=F("attempts") + 1, seq=F("seq") + 1,
+                    progress_done=0, progress_total=None, message="",
+                )
+                if updated != len(members):  # only if the claim transaction did not lock (see jobs.E003)
+                    raise DatabaseError(f"Claim raced with another worker ({updated} of {len(members)} rows).")
+                for job in members:
+                    job.status, job.started_at, job.heartbeat_at, job.finished_at = JobStatus.RUNNING, now, now, None
+                    job.worker_id, job.worker_ids = self.worker_id, worker_ids
+                    job.attempts += 1
+                    job.seq += 1
+                    job.progress_done, job.progress_total, job.message = 0, None, ""
+        for job in jobs:
+            self._counts["claimed"] += 1
+            self._start(job)
+        return len(jobs)
+
+    def _start(self, job: Job) -> None:
+        events.publish_job(job)
+        try:
+            task = load_task(job.task_path)
+        except (ImportError, TypeError) as exc:
+            run = _Run(job=job, state=RunState(job.pk), task=None, deadline=None)
+            self._runs[job.pk] = run
+            self._unwritten.append((run, _Outcome(
+                ok=False, error_type=f"{UnknownTask.__module__}.{UnknownTask.__qualname__}",
+                error_message=str(exc), error_traceback="", cancelled=True,  # never retried: it cannot import
+            )))
+            return
+        time_limit = job.time_limit
+        deadline = time.monotonic() + time_limit if time_limit else None
+        run = _Run(job=job, state=RunState(job.pk), task=task, deadline=deadline)
+        self._runs[job.pk] = run
+        self._busy += 1
+        try:
+            task_started.send(sender=type(self.backend), task_result=self.backend.result_from_job(job))
+        except Exception:
+            logger.exception("A task_started receiver failed for job %s", job.pk)
+        self._todo.put(run)
+
+    # Slot threads ---------------------------------------------------------------------------
+
+    def _slot(self) -> None:
+        while True:
+            run = self._todo.get()
+            if run is None:
+                return
+            try:
+                outcome = self._execute(run)
+            except BaseException as exc:  # a late async JobTimeout can land outside _execute's try
+                outcome = _Outcome(ok=False, error_type=_error_path(exc), error_message=str(exc))
+            self._done.put((run, outcome))
+            self._wake.set()
+
+    def _execute(self, run: _Run) -> _Outcome:
+        job, task = run.job, run.task
+        close_old_connections()
+        token = activate(run.state)
+        run.thread_id = threading.get_ident()
+        try:
+            try:
+                args, kwargs = list(job.args or []), dict(job.kwargs or {})
+                if task.takes_context:
+                    args.insert(0, TaskContext(task_result=self.backend.result_from_job(job)))
+                run.state.in_task = True
+                try:
+                    if iscoroutinefunction(task.func):
+                        value = asyncio.run(task.func(*args, **kwargs))
+                    else:
+                        value = task.func(*args, **kwargs)
+                finally:
+                    run.state.in_task = False
+            except JobCancelled as exc:
+                return _Outcome(ok=False, cancelled=True, error_type=_error_path(exc),
+                                error_message=str(exc) or "Cancelled on request.")
+            except BaseException as exc:
+                return _Outcome(ok=False, error_type=_error_path(exc), error_message=str(exc)[:2000] or type(exc).__name__,
+                                error_traceback="".join(traceback.format_exception(exc))[-20000:])
+            try:
+                value = normalize_json(value)
+                json.dumps(value, allow_nan=False)
+            except (TypeError, ValueError) as exc:
+                return _Outcome(ok=False, cancelled=True,  # running it again would return the same value
+                                error_type=_error_path(exc),
+                                error_message=f"The task returned a value that is not JSON-serialisable: {exc}")
+            return _Outcome(ok=True, value=value)
+        finally:
+            deactivate(token)
+            close_old_connections()
+
+    # Writing outcomes -----------------------------------------------------------------------
+
+    def _write_outcomes(self) -> None:
+        published: list[Job] = []
+        pending = self._unwritten
+        kinds: list[str] = []
+        already = {id(run) for run, _ in pending if run.finished}
+        try:
+            with transaction.atomic():
+                for run, outcome in pending:
+                    if run.finished:  # timed out or released: the row was written then
+                        continue
+                    kind = self._write_outcome(run, outcome)
+                    if kind:
+                        kinds.append(kind)
+                        published.append(run.job)
+        except DatabaseError:
+            for run, _ in pending:  # rolled back: write them again next turn (the CAS re-reads seq)
+                if id(run) not in already:
+                    run.finished = False
+                    run.state.abandoned = False
+            raise
+        self._unwritten = []
+        freed = sum(1 for run, _ in pending if run.task is not None)
+        self._busy -= freed
+        if freed:
+            self._claim_now = True
+        for kind in kinds:
+            self._counts[kind] += 1
+        for run, _ in pending:
+            self._runs.pop(run.job.pk, None)
+        self._announce(published)
+
+    def _write_outcome(self, run: _Run, outcome: _Outcome) -> str | None:
+        """Write how a run ended; returns the WorkerStats counter to bump, None if the job was lost."""
+        job, state = run.job, run.state
+        now = timezone.now()
+        for _ in range(CAS_ROUNDS):
+            changes = self._progress_changes(run, now)
+            if state.result_file:
+                changes["result_file"] = state.result_file
+            changes.update(finished_at=now, heartbeat_at=now)
+            if outcome.ok:
+                changes.update(status=JobStatus.SUCCESSFUL, result=outcome.value)
+                kind = "succeeded"
+            else:
+                changes.update(error_type=outcome.error_type, error_message=outcome.error_message,
+                               error_traceback=outcome.error_traceback)
+                retry = not outcome.cancelled and job.attempts < job.max_attempts and not job.cancel_requested
+                if outcome.cancelled and outcome.error_type.endswith("JobCancelled"):
+                    changes["status"], kind = JobStatus.CANCELLED, "cancelled"
+                elif retry:
+                    delay = backoff_delay(job.attempts)
+                    text = (f"Attempt {job.attempts} of {job.max_attempts} failed "
+                            f"({outcome.error_type.rsplit('.', 1)[-1]}: {outcome.error_message}); retrying in {delay:g} s.")
+                    log, count = job.appended_log([(now, text)])
+                    changes.update(status=JobStatus.READY, run_after=now + timedelta(seconds=delay),
+                                   finished_at=None, heartbeat_at=None, worker_id="", log=log, log_count=count)
+                    kind = "retried"
+                    retry_at = time.monotonic() + delay
+                    self._next_retry_at = retry_at if self._next_retry_at is None else min(self._next_retry_at, retry_at)
+                else:
+                    changes["status"], kind = JobStatus.FAILED, "failed"
+            if self._cas_owned(run, changes):
+                run.finished = True
+                return kind
+            if run.finished:  # lost ownership
+                return None
+        logger.warning("Job %s: could not write its outcome after %d tries; retrying later", job.pk, CAS_ROUNDS)
+        raise DatabaseError(f"Job {job.pk} kept changing while its outcome was written.")
+
+    def _cas_owned(self, run: _Run, changes: dict[str, Any]) -> bool:
+        """CAS a change on a job this worker runs; on a conflict refresh and re-check ownership."""
+        job = run.job
+        if job.cas_update(**changes):
+            return True
+        job.refresh_from_db()
+        if job.status != JobStatus.RUNNING or job.worker_id != self.worker_id:
+            logger.warning("Job %s is %s on %r now; this worker dropped its run", job.pk, job.status, job.worker_id)
+            self._abandon(run)
+        else:
+            run.state.cancel_requested = job.cancel_requested
+        return False
+
+    def _abandon(self, run: _Run) -> None:
+        run.finished = True
+        run.state.abandoned = True
+
+    def _progress_changes(self, run: _Run, now: datetime) -> dict[str, Any]:
+        state, job = run.state, run.job
+        state.dirty = False
+        done, total, message = state.progress
+        changes: dict[str, Any] = {"progress_done": done, "progress_total": total, "message": message[:500]}
+        entries = state.take_log()
+        if entries:
+            log, count = job.appended_log([(datetime.fromtimestamp(at, tz=now.tzinfo), text) for at, text in entries])
+            changes.update(log=log, log_count=count)
+        return changes
+
+    def _announce(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            events.publish_job(job)
+        for job in jobs:
+            if job.is_final:
+                try:
+                    task_finished.send(sender=type(self.backend), task_result=self.backend.result_from_job(job))
+                except Exception:
+                    logger.exception("A task_finished receiver failed for job %s", job.pk)
+                events.notify_owner_of(job)
+
+    # Periodic work --------------------------------------------------------------------------
+
+    def _flush_progress(self) -> None:
+        dirty = [run for run in self._runs.values() if not run.finished and run.state.dirty]
+        if not dirty:
+            return
+        changed: list[Job] = []
+        now = timezone.now()
+        with transaction.atomic():
+            for run in dirty:
+                for _ in range(CAS_ROUNDS):
+                    if run.finished:
+                        break
+                    if self._cas_owned(run, self._progress_changes(run, now)):
+                        changed.append(run.job)
+                        break
+        self._announce(changed)
+
+    def _heartbeat(self) -> None:
+        ids = [pk for pk, run in self._runs.items() if not run.finished]
+        if ids:
+            Job.objects.filter(pk__in=ids, status=JobStatus.RUNNING, worker_id=self.worker_id).update(
+                heartbeat_at=timezone.now()
+            )
+
+    def _poll_cancels(self) -> None:
+        runs = {pk: run for pk, run in self._runs.items() if not run.finished}
+        if not runs:
+            return
+        rows = Job.objects.filter(pk__in=list(runs)).values_list("pk", "status", "worker_id", "cancel_requested", "seq")
+        seen = set()
+        for pk, status, worker_id, cancel_requested, seq in rows:
+            seen.add(pk)
+            run = runs[pk]
+            if status != JobStatus.RUNNING or worker_id != self.worker_id:
+                logger.warning("Job %s is %s on %r now; this worker dropped its run", pk, status, worker_id)
+                self._abandon(run)
+                continue
+            if seq != run.job.seq:
+                run.job.refresh_from_db()
+            if cancel_requested and not run.state.cancel_requested:
+                logger.info("Job %s: cancel requested", pk)
+            run.state.cancel_requested = cancel_requested
+        for pk in set(runs) - seen:  # deleted rows
+            self._abandon(runs[pk])
+
+    def _timed_out_runs(self, now: float) -> bool:
+        return any(r.deadline is not None and r.deadline <= now and not r.finished for r in self._runs.values())
+
+    def _time_out(self, now: float) -> None:
+        late = [r for r in self._runs.values() if r.deadline is not None and r.deadline <= now and not r.finished]
+        written: list[Job] = []
+        ts = timezone.now()
+        with transaction.atomic():
+            for run in late:
+                message = f"Ran longer than its time limit of {run.job.time_limit:g} s."
+                for _ in range(CAS_ROUNDS):
+                    changes = self._progress_changes(run, ts)
+                    changes.update(
+                        status=JobStatus.FAILED, finished_at=ts, error_type=_error_path(JobTimeout(message)),
+                        error_message=message, error_traceback="",
+                    )
+                    if self._cas_owned(run, changes):
+                        written.append(run.job)
+                        self._counts["timed_out"] += 1
+                        self._counts["failed"] += 1
+                        break
+                    if run.finished:
+                        break
+                self._abandon(run)
+        for run in late:
+            if run.thread_id is not None and run.state.in_task:
+                _raise_in_thread(run.thread_id, JobTimeout)
+        self._announce(written)
+
+    def _sweep_stale(self) -> None:
+        """Re-queue (attempts left) or fail (none left) RUNNING jobs of workers that stopped heartbeating."""
+        stale_after = float(conf.get("STALE_AFTER"))
+        now = timezone.now()
+        limit = now - timedelta(seconds=stale_after)
+        candidates = list(
+            Job.objects.filter(status=JobStatus.RUNNING, backend=self.backend.alias, heartbeat_at__lt=limit)
+            .exclude(worker_id=self.worker_id)[:100]
+        )
+        handled: list[Job] = []
+        for job in candidates:
+            last = job.heartbeat_at.isoformat() if job.heartbeat_at else "never"
+            if job.attempts < job.max_attempts:
+                log, count = job.appended_log([(now, f"Worker {job.worker_id} stopped heartbeating (last {last}); "
+                                                     f"re-queued for attempt {job.attempts + 1} of {job.max_attempts}.")])
+                changes = dict(status=JobStatus.READY, run_after=now, worker_id="", heartbeat_at=None,
+                               log=log, log_count=count)
+            else:
+                message = (f"Worker {job.worker_id} stopped heartbeating (last {last}) and no attempt is left "
+                           f"({job.attempts} of {job.max_attempts}).")
+                changes = dict(status=JobStatus.FAILED, finished_at=now,
+                               error_type=f"{WorkerLost.__module__}.{WorkerLost.__qualname__}",
+                               error_message=message, error_traceback="")
+            if job.cas_update(**changes):  # a conflict means the job moved on: leave it
+                logger.warning("Job %s: %s", job.pk, "re-queued" if job.status == JobStatus.READY else "failed (worker lost)")
+                handled.append(job)
+                self._counts["recovered"] += 1
+        if handled:
+            self._announce(handled)
+            if any(job.status == JobStatus.READY for job in handled):
+                self._claim_now = True
+                for queue in {job.queue for job in handled if job.status == JobStatus.READY}:
+                    events.publish_wakeup(queue)
+
+    def _release_all(self) -> None:
+        """Put still-running jobs back to READY (the attempt not counted); their threads are told to cancel."""
+        released: list[Job] = []
+        now = timezone.now()
+        try:
+            with transaction.atomic():
+                for run in [r for r in self._runs.values() if not r.finished]:
+                    run.state.cancel_requested = True
+                    job = run.job
+                    for _ in range(CAS_ROUNDS):
+                        log, count = job.appended_log([(now, f"Released by worker {self.worker_id} at shutdown.")])
+                        changes = dict(status=JobStatus.READY, run_after=now, worker_id="", heartbeat_at=None,
+                                       started_at=None, attempts=max(0, job.attempts - 1), log=log, log_count=count)
+                        if self._cas_owned(run, changes):
+                            released.append(job)
+                            self._counts["released"] += 1
+                            break
+                        if run.finished:
+                            break
+                    self._abandon(run)
+        except DatabaseError:
+            logger.exception("Worker %s could not release its jobs; the stale sweep will recover them", self.worker_id)
+            return
+        self._announce(released)
+        for queue in {job.queue for job in released}:
+            events.publish_wakeup(queue)
+
+    # Infrastructure -------------------------------------------------------------------------
+
+    def _subscribe_wakeups(self) -> None:
+        try:
+            from notifications import destinations
+            from notifications.publisher import get_publisher
+        except ImportError:
+            logger.info("No publisher: worker %s polls every %.1f s", self.worker_id, self.poll_interval)
+            return
+        ref = weakref.ref(self)
+        queues = set(self.queues)
+
+        def on_wakeup(headers: dict, body: bytes) -> None:
+            worker = ref()
+            if worker is not None and body.decode("utf-8", "replace").strip() in queues:
+                worker.wake()
+
+        try:
+            get_publisher().subscribe(destinations.JOBS_WAKEUP, on_wakeup)
+        except Exception:
+            logger.exception("Worker %s could not subscribe to wake-ups; polling only", self.worker_id)
+
+    def _install_signals(self) -> dict[int, Any]:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        previous = {}
+
+        def handler(signum, frame) -> None:
+            logger.warning(
+                "Worker %s got %s: %s", self.worker_id, signal.Signals(signum).name,
+                "stopping (again to force)" if self._stop_count == 0 else "forcing",
+            )
+            self.stop()
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous[signum] = signal.signal(signum, handler)
+        return previous
+
+    def _reset_connection(self) -> None:
+        try:
+            if not connection.in_atomic_block:
+                connection.close()
+        except Exception:
+            pass
+
+    def _shutdown_threads(self) -> None:
+        for _ in self._threads:
+            self._todo.put(None)
+        if self._busy == 0:
+            deadline = time.monotonic() + THREAD_JOIN_TIMEOUT
+            for thread in self._threads:
+                thread.join(max(0.0, deadline - time.monotonic()))
