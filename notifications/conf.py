@@ -19,6 +19,9 @@ DEFAULTS: dict[str, Any] = {
     "HEARTBEAT_MS": 10_000,
     # Origins allowed to open the WebSocket, besides the site's own host (ALLOWED_HOSTS).
     "ALLOWED_ORIGINS": [],
+    # How often an open WebSocket re-reads its session and permissions (seconds); a logout in
+    # another process or a withdrawn permission ends its subscriptions within this time.
+    "SESSION_RECHECK_SECONDS": 5.0,
     # The embedded broker started by `manage.py stompbroker` (and by the run command).
     "EMBEDDED_BROKER": {
         "HOST": "127.0.0.1",
