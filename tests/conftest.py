@@ -46,3 +46,15 @@ def stomp_broker_url(request) -> str:
     if request.param == "embedded":
         return request.getfixturevalue("embedded_broker").url
     return request.getfixturevalue("rabbitmq_stomp_url")
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix, tmp_path_factory) -> None:
+    """On SQLite, the test database is a file, not shared-cache memory: a worker thread or a
+    Channels executor thread then waits on the write lock (busy timeout) instead of failing
+    with "database table is locked"."""
+    from django.conf import settings
+
+    database = settings.DATABASES["default"]
+    if database["ENGINE"] == "django.db.backends.sqlite3":
+        database.setdefault("TEST", {})["NAME"] = str(tmp_path_factory.mktemp("sqlite") / "test.sqlite3")
