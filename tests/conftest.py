@@ -58,3 +58,18 @@ def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix, t
     database = settings.DATABASES["default"]
     if database["ENGINE"] == "django.db.backends.sqlite3":
         database.setdefault("TEST", {})["NAME"] = str(tmp_path_factory.mktemp("sqlite") / "test.sqlite3")
+
+
+@pytest.fixture
+def embedded_broker():
+    """A real embedded STOMP broker on 127.0.0.1, a free port, its own loop in a background thread.
+
+    Yields a notifications.broker.BrokerThread: .host, .port, .url, .broker, .stats(), .call(fn).
+    """
+    from notifications.broker import BrokerConfig, BrokerThread
+
+    running = BrokerThread(BrokerConfig(host="127.0.0.1", port=0, close_timeout=2.0)).start()
+    try:
+        yield running
+    finally:
+        running.stop()

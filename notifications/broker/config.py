@@ -1,0 +1,85 @@
+"""Configuration and statistics values of the embedded broker."""
+from __future__ import annotations
+
+import enum
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from notifications.codec import Limits
+
+__all__ = ["BrokerConfig", "BrokerStats", "QueueOverflow"]
+
+
+class QueueOverflow(enum.Enum):
+    """What a /queue/ destination does with a new message when it already holds its maximum."""
+
+    REJECT = "reject"
+    """The SEND is refused with an ERROR frame naming the full queue; nothing accepted is lost."""
+    DROP_OLDEST = "drop-oldest"
+    """The oldest waiting message is discarded (counted and logged) to make room."""
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    """Everything a Broker needs; the defaults suit one machine (loopback, any login)."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    # {login: passcode}; empty accepts any login or none, like RabbitMQ's guest on loopback.
+    users: Mapping[str, str] = field(default_factory=dict)
+    # SQLite file keeping messages waiting in /queue/ destinations across restarts; None: memory only.
+    data_file: str | os.PathLike[str] | None = None
+    # Accepted CONNECT `host` values; None accepts any.
+    virtual_hosts: frozenset[str] | None = None
+    limits: Limits = field(default_factory=Limits)
+    # Heart-beats, milliseconds: how often the broker can send them, and wants to receive them.
+    heartbeat_send_ms: int = 10_000
+    heartbeat_receive_ms: int = 10_000
+    # A peer silent for this many times its negotiated heart-beat period is disconnected
+    # (the specification leaves the margin to the implementation; network jitter needs one).
+    heartbeat_tolerance: float = 2.0
+    # Messages a /queue/ destination holds for absent or busy consumers, and what happens past it.
+    max_queue_messages: int = 100_000
+    queue_overflow: QueueOverflow = QueueOverflow.REJECT
+    # Unacknowledged messages per client/client-individual subscription on a queue; a SUBSCRIBE
+    # may ask for fewer (or more, up to max_unacked) with a `prefetch-count` header.
+    prefetch: int = 1_000
+    # Unacknowledged messages a subscription may hold at most (topics included): past it the
+    # subscriber gets an ERROR and is disconnected, so a client that never acks cannot grow memory.
+    max_unacked: int = 10_000
+    # Output per connection: above the high-water mark, producers feeding it are paused; a
+    # subscriber that stays above it for slow_consumer_timeout seconds, or whose pending output
+    # passes max_output_bytes, gets an ERROR and is disconnected (counted and logged).
+    output_high_water: int = 1024 * 1024
+    max_output_bytes: int = 16 * 1024 * 1024
+    slow_consumer_timeout: float = 10.0
+    # Frames held by one open transaction.
+    max_transaction_frames: int = 10_000
+    # Seconds a new connection has to send its CONNECT frame.
+    connect_timeout: float = 10.0
+    # Seconds close() waits for clients to take their last frames before cutting them off.
+    close_timeout: float = 5.0
+    server_name: str = "notifications-broker/1.0"
+
+    @property
+    def requires_login(self) -> bool:
+        return bool(self.users)
+
+
+@dataclass(frozen=True)
+class BrokerStats:
+    """A snapshot of the broker's counters."""
+
+    connections_total: int
+    connections_current: int
+    subscriptions: int
+    messages_received: int
+    messages_delivered: int
+    messages_queued: int
+    messages_acked: int
+    messages_redelivered: int
+    queue_overflows: int
+    slow_consumers: int
+    errors_sent: int
+    producer_pauses: int
