@@ -1,18 +1,47 @@
-// The live Django admin for jobs.
+// The live Django admin for jobs (jobs.admin.JobAdmin's columns and read-only fields).
 //
 // Change list: rows are found by the job's pk (the action checkbox's value, else the change
-// link), and their status, progress, message and duration cells follow /topic/jobs.all. Rows
-// still running at load also follow their own topic, whose snapshot on every (re)subscribe
-// catches up with whatever happened while the socket was away. Jobs that appear meanwhile are
-// announced in a banner (reloading shows them where the list's ordering and filters put them).
+// link), and their status, progress, times and attempts cells follow /topic/jobs.all. Rows not
+// finished at load also follow their own topic, whose snapshot on every (re)subscribe catches
+// up with whatever happened while the socket was away. Jobs that appear meanwhile are announced
+// in a banner (a reload shows them where the list's ordering and filters put them).
 //
-// Change page: the live widget ({% job_progress original log=True %}) is bound by job-live.js;
-// here the read-only fields of the form follow the same events.
+// Change page: the read-only fields (status, progress, message, times, error, the message log)
+// follow the job's topic.
 import { connection, SeqGate } from '../notifications/stomp-client.js';
-import { statusLabel, formatPercent } from './job-live.js';
+import { renderLog } from './job-live.js';
 
 const UUID = /[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/;
 const gate = new SeqGate();
+// Django's own status labels (JobStatus.choices), as the admin's columns show them.
+const ADMIN_LABELS = { READY: 'Ready', RUNNING: 'Running', SUCCESSFUL: 'Successful', FAILED: 'Failed', CANCELLED: 'Cancelled' };
+
+/** The admin's duration format (jobs.admin._seconds): "4.2 s", "3 min 7 s", "2 h 5 min". */
+export function formatDuration(seconds) {
+  if (seconds === null || seconds === undefined || !Number.isFinite(seconds)) return '\u2014';
+  if (seconds < 60) return `${Math.max(0, seconds).toFixed(1)} s`;
+  const minutes = Math.floor(seconds / 60);
+  if (minutes < 60) return `${minutes} min ${Math.floor(seconds) % 60} s`;
+  return `${Math.floor(minutes / 60)} h ${minutes % 60} min`;
+}
+
+function durationOf(event, now = Date.now()) {
+  if (!event.started_at) return null;
+  const end = event.finished_at ? Date.parse(event.finished_at) : now;
+  return (end - Date.parse(event.started_at)) / 1000;
+}
+
+function queuedFor(event, now = Date.now()) {
+  if (event.started_at) return (Date.parse(event.started_at) - Date.parse(event.enqueued_at)) / 1000;
+  if (event.status === 'READY') return (now - Date.parse(event.enqueued_at)) / 1000;
+  return null;
+}
+
+function localTime(iso) { return iso ? new Date(iso).toLocaleString() : '-'; }
+
+function adminStatus(event) {
+  return ADMIN_LABELS[event.status] + (event.cancel_requested && !event.final ? ' (cancelling)' : '');
+}
 
 function pkOf(row) {
   const box = row.querySelector('input.action-select');
@@ -24,23 +53,6 @@ function pkOf(row) {
   return null;
 }
 
-/** "1:02:03" / "2:03" / "4.2s", like the admin's duration column. */
-export function formatDuration(seconds) {
-  if (seconds === null || seconds === undefined || !Number.isFinite(seconds)) return '-';
-  if (seconds < 60) return `${seconds.toFixed(1)}s`;
-  const s = Math.floor(seconds % 60);
-  const m = Math.floor(seconds / 60) % 60;
-  const h = Math.floor(seconds / 3600);
-  const pad = (n) => String(n).padStart(2, '0');
-  return h ? `${h}:${pad(m)}:${pad(s)}` : `${m}:${pad(s)}`;
-}
-
-function durationOf(event, now = Date.now()) {
-  if (!event.started_at) return null;
-  const end = event.finished_at ? Date.parse(event.finished_at) : now;
-  return (end - Date.parse(event.started_at)) / 1000;
-}
-
 function cell(row, ...names) {
   for (const name of names) {
     const td = row.querySelector(`.field-${name}`);
@@ -49,25 +61,22 @@ function cell(row, ...names) {
   return null;
 }
 
-function miniBar(td, event) {
-  let wrap = td.querySelector('.job-mini');
-  if (!wrap) {
-    td.textContent = '';
-    wrap = document.createElement('span');
-    wrap.className = 'job-mini';
-    wrap.innerHTML = '<span class="job-bar" role="progressbar" aria-valuemin="0" aria-valuemax="100"><span class="job-bar-fill" style="display:block"></span></span><span class="job-percent"></span>';
-    td.append(wrap);
-  }
+/** Update the admin's progress markup (JobAdmin.progress_display) from an event. */
+export function renderAdminProgress(box, event) {
   const percent = event.status === 'SUCCESSFUL' ? 100 : event.progress.percent;
-  const bar = wrap.querySelector('.job-bar');
-  bar.classList.toggle('job-bar-indeterminate', percent === null && event.status === 'RUNNING');
-  if (percent === null) bar.removeAttribute('aria-valuenow'); else bar.setAttribute('aria-valuenow', String(percent));
-  wrap.querySelector('.job-bar-fill').style.width = `${percent || 0}%`;
-  wrap.querySelector('.job-percent').textContent = percent === null ? (event.progress.done ? String(event.progress.done) : '') : formatPercent(percent);
-  wrap.className = `job-mini job-status-${event.status.toLowerCase()}`;
+  box.dataset.seq = String(event.seq);
+  box.dataset.status = event.status;
+  const bar = box.querySelector('progress');
+  if (bar) {
+    if (percent === null) bar.removeAttribute('value'); else bar.value = percent;
+  }
+  const set = (name, text) => { const n = box.querySelector(`[data-field="${name}"]`); if (n) n.textContent = text; };
+  set('percent', percent === null ? '' : `${Math.round(percent)}%`);
+  const p = event.progress;
+  set('counts', p.total ? `${p.done} / ${p.total}` : (p.done ? String(p.done) : ''));
+  const message = event.message || '';
+  set('message', message.length > 60 ? `${message.slice(0, 59)}\u2026` : message);
 }
-
-function localTime(iso) { return iso ? new Date(iso).toLocaleString() : '-'; }
 
 class LiveChangeList {
   constructor(table) {
@@ -75,7 +84,11 @@ class LiveChangeList {
     this.events = new Map();
     for (const row of table.querySelectorAll('tbody tr')) {
       const pk = pkOf(row);
-      if (pk) { this.rows.set(pk, row); row.dataset.jobId = pk; }
+      if (!pk) continue;
+      this.rows.set(pk, row);
+      row.dataset.jobId = pk;
+      const box = row.querySelector('.job-admin-progress[data-seq]');
+      if (box) gate.set(pk, Number(box.dataset.seq));
     }
     this.banner = document.querySelector('[data-live-banner]');
     this.newJobs = new Set();
@@ -84,87 +97,121 @@ class LiveChangeList {
       onError: () => { document.documentElement.dataset.jobsLive = 'denied'; },
     });
     for (const [pk, row] of this.rows) {
-      const status = cell(row, 'status', 'status_badge', 'live_status');
-      const text = status ? status.textContent.trim().toUpperCase() : '';
-      if (!['SUCCESSFUL', 'DONE', 'FAILED', 'CANCELLED'].includes(text)) {
+      const box = row.querySelector('.job-admin-progress[data-status]');
+      if (!box || !['SUCCESSFUL', 'FAILED', 'CANCELLED'].includes(box.dataset.status)) {
         client.subscribe(`/topic/jobs.${pk}`, (frame) => this.apply(frame.json()), { onError: () => {} });
       }
     }
-    // Running jobs' durations grow between events.
+    // Times of unfinished jobs grow between events.
     setInterval(() => this.tick(), 1000);
   }
 
   apply(event) {
-    if (event.type !== 'job' || !gate.accept(event.id, event.seq)) return;
+    if (event.type !== 'job') return;
     const row = this.rows.get(event.id);
     if (!row) {
+      if (this.newJobs.has(event.id)) return;
       this.newJobs.add(event.id);
       if (this.banner) {
-        this.banner.hidden = false;
         const n = this.newJobs.size;
         this.banner.querySelector('[data-count]').textContent = `${n} new job${n === 1 ? '' : 's'}`;
+        this.banner.hidden = false;
       }
       return;
     }
+    if (!gate.accept(event.id, event.seq)) return;
     this.events.set(event.id, event);
     row.dataset.status = event.status;
     row.dataset.seq = String(event.seq);
-    const status = cell(row, 'status', 'status_badge', 'live_status');
+    const status = cell(row, 'status_display', 'status');
     if (status) {
-      const label = event.cancel_requested && !event.final ? 'Cancelling' : statusLabel(event.status);
-      const badge = status.querySelector('[data-field="status"], .job-status-badge');
-      (badge || status).textContent = label;
-      if (badge) badge.className = badge.className.replace(/\bjob-status-\w+/g, '').trim() + ` job-status-${event.status.toLowerCase()}`;
+      const badge = status.querySelector('.job-admin-status') || status;
+      badge.textContent = adminStatus(event);
+      if (badge !== status) badge.className = `job-admin-status job-status-${event.status.toLowerCase()}`;
     }
-    const progress = cell(row, 'progress', 'progress_bar', 'live_progress', 'percent');
-    if (progress) miniBar(progress, event);
-    const message = cell(row, 'message', 'short_message');
-    if (message) message.textContent = event.message || '';
+    const progress = row.querySelector('.job-admin-progress');
+    if (progress) renderAdminProgress(progress, event);
     const started = cell(row, 'started_at');
     if (started) started.textContent = localTime(event.started_at);
     const finished = cell(row, 'finished_at');
     if (finished) finished.textContent = localTime(event.finished_at);
-    const attempts = cell(row, 'attempts');
-    if (attempts) attempts.textContent = String(event.attempts);
-    this.renderDuration(row, event);
+    const attempts = cell(row, 'attempts_display', 'attempts');
+    if (attempts) attempts.textContent = `${event.attempts}/${event.max_attempts}`;
+    this.renderTimes(row, event);
     row.classList.remove('job-row-updated');
     void row.offsetWidth; // restart the flash animation
     row.classList.add('job-row-updated');
   }
 
-  renderDuration(row, event) {
-    const td = cell(row, 'duration', 'live_duration', 'run_time');
-    if (td) td.textContent = formatDuration(durationOf(event));
+  renderTimes(row, event) {
+    const run = cell(row, 'run_time', 'duration');
+    if (run) run.textContent = formatDuration(durationOf(event));
+    const queued = cell(row, 'queued_for');
+    if (queued) queued.textContent = formatDuration(queuedFor(event));
   }
 
   tick() {
     for (const [pk, event] of this.events) {
-      if (event.status === 'RUNNING' && !event.finished_at) this.renderDuration(this.rows.get(pk), event);
+      if (!event.final) this.renderTimes(this.rows.get(pk), event);
     }
   }
 }
 
-function bindChangeForm(form) {
-  // The read-only fields of the change page follow the live widget's events.
-  document.addEventListener('job:update', (e) => {
-    const event = e.detail;
-    const set = (name, value) => {
-      const node = form.querySelector(`.field-${name} .readonly`);
-      if (node) node.textContent = value;
-    };
-    set('status', event.status.charAt(0) + event.status.slice(1).toLowerCase());
+/** The change page: the read-only fields follow the job. */
+function bindChangeForm(form, marker) {
+  const jobId = marker.dataset.adminJob;
+  gate.set(jobId, Number(marker.dataset.seq));
+  const set = (name, value) => {
+    const node = form.querySelector(`.field-${name} .readonly`);
+    if (node) node.textContent = value;
+  };
+  let logList = form.querySelector('.field-log_display ol.job-log');
+  if (logList && !logList.dataset.lastN) {
+    const last = logList.lastElementChild;
+    logList.dataset.lastN = last ? last.dataset.n : '0';
+  }
+  let current = null;
+  const apply = (event) => {
+    if (event.type !== 'job' || !gate.accept(event.id, event.seq)) return;
+    current = event;
+    set('status', adminStatus(event));
+    const progress = form.querySelector('.job-admin-progress');
+    if (progress) renderAdminProgress(progress, event);
     set('message', event.message || '');
     set('progress_done', String(event.progress.done));
-    if (event.progress.total !== null) set('progress_total', String(event.progress.total));
+    set('progress_total', event.progress.total === null ? '-' : String(event.progress.total));
     set('attempts', String(event.attempts));
     set('seq', String(event.seq));
-    set('duration', formatDuration(durationOf(event)));
+    set('run_time', formatDuration(durationOf(event)));
+    set('queued_for', formatDuration(queuedFor(event)));
     if (event.started_at) set('started_at', localTime(event.started_at));
     if (event.finished_at) set('finished_at', localTime(event.finished_at));
-  });
+    if (event.error) { set('error_type', event.error.type); set('error_message', event.error.message); }
+    if (!logList && event.log && event.log.length) {
+      // The job had no log at load (the admin shows a dash): put a list in its place.
+      const holder = form.querySelector('.field-log_display .readonly');
+      if (holder) {
+        holder.textContent = '';
+        logList = document.createElement('ol');
+        logList.className = 'job-log';
+        logList.dataset.field = 'log';
+        holder.append(logList);
+      }
+    }
+    if (logList) renderLog(logList, event.log || []);
+    form.dataset.status = event.status;
+  };
+  connection().subscribe(`/topic/jobs.${jobId}`, (frame) => apply(frame.json()));
+  setInterval(() => {
+    if (current && !current.final) {
+      set('run_time', formatDuration(durationOf(current)));
+      set('queued_for', formatDuration(queuedFor(current)));
+    }
+  }, 1000);
 }
 
 const table = document.querySelector('#result_list');
 if (table) window.liveChangeList = new LiveChangeList(table);
 const changeForm = document.querySelector('#job_form');
-if (changeForm) bindChangeForm(changeForm);
+const marker = document.querySelector('[data-admin-job]');
+if (changeForm && marker) bindChangeForm(changeForm, marker);

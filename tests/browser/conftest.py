@@ -1,0 +1,89 @@
+"""Fixtures for the end-to-end tests: a real headless Chromium (Playwright) against the real stack."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import service_missing
+
+from .stack import USERS, LiveStack, prepare_database
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
+PASSWORDS = {name: password for name, password, _ in USERS}
+
+
+def chromium_path() -> str | None:
+    path = os.environ.get("CHROMIUM_PATH") or "/usr/bin/chromium"
+    return path if Path(path).exists() else shutil.which("chromium")
+
+
+@pytest.fixture(scope="session")
+def browser():
+    path = chromium_path()
+    if path is None:
+        service_missing("Chromium not found (install Debian's chromium or set CHROMIUM_PATH)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=path, args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture(scope="session")
+def template_db(tmp_path_factory) -> Path:
+    """A migrated database with alice, bob (plain users) and admin (superuser), copied by each stack."""
+    return prepare_database(tmp_path_factory.mktemp("template-db"))
+
+
+@pytest.fixture
+def stack_broker_url(request) -> str:
+    """The embedded broker (the default deployment), or RabbitMQ while the embedded one is absent."""
+    try:
+        return request.getfixturevalue("embedded_broker").url
+    except pytest.FixtureLookupError:
+        return request.getfixturevalue("rabbitmq_stomp_url")
+
+
+@pytest.fixture
+def live_stack(tmp_path, template_db, stack_broker_url):
+    stack = LiveStack(var_dir=tmp_path / "var", broker_url=stack_broker_url, template_db=template_db).start()
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.fixture
+def new_page(browser, live_stack):
+    """new_page(user) -> a Playwright page of a fresh browser context, logged in as `user`."""
+    contexts = []
+
+    def make(username: str | None = None):
+        context = browser.new_context(base_url=live_stack.url, accept_downloads=True)
+        context.set_default_timeout(20_000)
+        contexts.append(context)
+        page = context.new_page()
+        if username is not None:
+            page.goto("/login/")
+            page.fill("input[name=username]", username)
+            page.fill("input[name=password]", PASSWORDS[username])
+            page.click("form button[type=submit]")
+            page.wait_for_url(lambda url: "/login/" not in url)
+        return page
+
+    yield make
+    for context in contexts:
+        context.close()
