@@ -4,12 +4,13 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import signal
 import threading
 
 from .config import BrokerConfig, BrokerStats
 from .server import Broker
 
-__all__ = ["BrokerThread", "new_event_loop"]
+__all__ = ["BrokerThread", "new_event_loop", "until_signalled", "parse_user"]
 
 logger = logging.getLogger(__name__)
 
@@ -21,6 +22,27 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     except ImportError:
         return asyncio.new_event_loop()
     return uvloop.new_event_loop()
+
+
+async def until_signalled(signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)) -> None:
+    """A shutdown trigger for Broker.run(): returns when the process gets one of ``signals``."""
+    loop = asyncio.get_running_loop()
+    received = asyncio.Event()
+    for signum in signals:
+        loop.add_signal_handler(signum, received.set)
+    try:
+        await received.wait()
+    finally:
+        for signum in signals:
+            loop.remove_signal_handler(signum)
+
+
+def parse_user(value: str) -> tuple[str, str]:
+    """``login:passcode`` from the command line; ValueError with a readable message otherwise."""
+    login, sep, passcode = value.partition(":")
+    if not sep or not login:
+        raise ValueError(f"{value!r} is not login:passcode (for example --user worker:s3cret)")
+    return login, passcode
 
 
 class BrokerThread:

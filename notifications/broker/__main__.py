@@ -1,0 +1,47 @@
+"""``python -m notifications.broker``: the embedded STOMP broker without Django."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import errno
+import logging
+import sys
+
+from .config import BrokerConfig
+from .runner import new_event_loop, parse_user, until_signalled
+from .server import Broker
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m notifications.broker", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=61613, help="port to listen on (default 61613; 0 picks one)")
+    parser.add_argument("--user", action="append", default=[], metavar="LOGIN:PASSCODE",
+                        help="accept only these logins (repeatable); none configured accepts any login")
+    parser.add_argument("--data-file", default=None, help="SQLite file keeping queued messages across restarts")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    args = parser.parse_args(argv)
+    try:
+        users = dict(parse_user(u) for u in args.user)
+    except ValueError as exc:
+        parser.error(str(exc))
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    broker = Broker(BrokerConfig(host=args.host, port=args.port, users=users, data_file=args.data_file))
+
+    async def serve() -> None:
+        await broker.start()
+        print(f"STOMP broker listening on {broker.url}", flush=True)
+        await broker.run(until_signalled)
+
+    try:
+        asyncio.run(serve(), loop_factory=new_event_loop)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            print(f"Port {args.port} on {args.host} is already in use: pass another --port.", file=sys.stderr)
+            return 2
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
