@@ -77,6 +77,19 @@ def wait_for_cancel(path, seconds=20.0):
 
 
 @task
+def report_then_wait(path, seconds=20.0):
+    """Reports half the work, records that it did, then waits for a cancel request."""
+    report_progress(2, 4, "halfway")
+    log("half done")
+    _append(path, current_job_id() or "outside-worker")
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        check_cancelled()
+        time.sleep(0.01)
+    return "not cancelled"
+
+
+@task
 def sleep_for(path, seconds):
     """Records that it started, then sleeps without looking at cancellation."""
     _append(path, current_job_id() or "outside-worker")
