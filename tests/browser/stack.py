@@ -127,8 +127,10 @@ class LiveStack:
         self.port = free_port()
         env = self.env
         log = lambda name: open(self.var_dir / f"{name}.log", "wb")  # noqa: E731
+        # Daphne's runserver: the same daphne server and ASGI application, plus the static files
+        # (DEBUG) that a bare `daphne project.asgi:application` leaves to a front server.
         self.procs["web"] = subprocess.Popen(
-            [PYTHON, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "project.asgi:application"],
+            [PYTHON, str(ROOT / "manage.py"), "runserver", "--noreload", "--skip-checks", f"127.0.0.1:{self.port}"],
             cwd=ROOT, env=env, stdout=log("web"), stderr=subprocess.STDOUT,
         )
         if self.worker:

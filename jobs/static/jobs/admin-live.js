@@ -9,7 +9,7 @@
 // Change page: the read-only fields (status, progress, message, times, error, the message log)
 // follow the job's topic.
 import { connection, SeqGate } from '../notifications/stomp-client.js';
-import { renderLog } from './job-live.js';
+import { renderLog, stampOf } from './job-live.js';
 
 const UUID = /[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/;
 const gate = new SeqGate();
@@ -198,7 +198,7 @@ function bindChangeForm(form, marker) {
         holder.append(logList);
       }
     }
-    if (logList) renderLog(logList, event.log || []);
+    if (logList) renderLog(logList, event.log || [], stampOf);
     form.dataset.status = event.status;
   };
   connection().subscribe(`/topic/jobs.${jobId}`, (frame) => apply(frame.json()));

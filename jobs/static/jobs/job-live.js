@@ -57,8 +57,12 @@ export function render(root, event) {
   root.dispatchEvent(new CustomEvent('job:update', { bubbles: true, detail: event }));
 }
 
+// Log times as the server renders them: the ISO text's clock part (or date and clock).
+export const clockOf = (iso) => (iso || '').slice(11, 19);
+export const stampOf = (iso) => (iso || '').slice(0, 19).replace('T', ' ');
+
 /** Append log entries newer than what the list shows (entries carry a running number n). */
-export function renderLog(list, entries) {
+export function renderLog(list, entries, format = clockOf) {
   let last = Number(list.dataset.lastN || 0);
   for (const entry of entries) {
     if (entry.n <= last) continue;
@@ -66,7 +70,7 @@ export function renderLog(list, entries) {
     item.dataset.n = String(entry.n);
     const time = document.createElement('time');
     time.dateTime = entry.at;
-    time.textContent = new Date(entry.at).toLocaleTimeString();
+    time.textContent = format(entry.at);
     item.append(time, ' ', entry.text);
     list.append(item);
     last = entry.n;
@@ -76,9 +80,29 @@ export function renderLog(list, entries) {
   while (list.children.length > limit) list.firstElementChild.remove();
 }
 
+const DJANGO_LABELS = { READY: 'Ready', RUNNING: 'Running', SUCCESSFUL: 'Successful', FAILED: 'Failed', CANCELLED: 'Cancelled' };
+
+function when(iso) {
+  if (!iso) return '\u2014';
+  const d = new Date(iso);
+  const pad = (n) => String(n).padStart(2, '0');
+  return `${d.getUTCFullYear()}-${pad(d.getUTCMonth() + 1)}-${pad(d.getUTCDate())} ${pad(d.getUTCHours())}:${pad(d.getUTCMinutes())}:${pad(d.getUTCSeconds())}`;
+}
+
+// Times as the server renders them (settings.TIME_ZONE is UTC here).
+/** Facts a job page lists beside the widget (<... data-job-detail="id"> with [data-fact=...] inside). */
+export function renderFacts(container, event) {
+  const set = (name, text) => { const n = container.querySelector(`[data-fact="${name}"]`); if (n) n.textContent = text; };
+  set('status', DJANGO_LABELS[event.status] + (event.cancel_requested && !event.final ? ' (cancel requested)' : ''));
+  set('started', when(event.started_at));
+  set('finished', when(event.finished_at));
+  set('attempts', `${event.attempts} of ${event.max_attempts}`);
+}
+
 function onEvent(event) {
   if (event.type !== 'job' || !gate.accept(event.id, event.seq)) return;
   for (const root of widgets.get(event.id) || []) render(root, event);
+  for (const facts of document.querySelectorAll(`[data-job-detail="${event.id}"]`)) renderFacts(facts, event);
 }
 
 /** Follow a job: its widgets are updated by every newer event. Returns the subscription. */

@@ -1,12 +1,11 @@
 // Live notifications: toasts and the unread counter rendered by {% live_notifications %}.
 //
 // The server renders the counter and the newest notifications, so the page is right without
-// JavaScript. Here: new ones arrive over STOMP (/user/queue/notifications and the broadcast
-// topic) as toasts; after every (re)connect the JSON list is fetched to catch up with anything
+// JavaScript. Here: new ones arrive over STOMP (/user/queue/notifications, which carries the
+// user's own and the broadcasts) as toasts; after every (re)connect the JSON list is fetched to catch up with anything
 // sent while the socket was away; marking read goes over STOMP, or over HTTP if that fails.
 import { connection } from './stomp-client.js';
 
-const BROADCAST = '/topic/notifications.broadcast';
 const USER_QUEUE = '/user/queue/notifications';
 // Info and success toasts go away on their own; warnings and errors stay until closed.
 const TOAST_MS = 10000;
@@ -47,7 +46,6 @@ class LiveNotifications {
 
     this.client = connection();
     this.client.subscribe(USER_QUEUE, (frame) => this.onEvent(frame.json()));
-    this.client.subscribe(BROADCAST, (frame) => this.onEvent(frame.json()), { onError: () => {} });
     this.client.addEventListener('connect', () => this.catchUp());
   }
 
