@@ -7,6 +7,7 @@ connection of its own.
 
 Browser-visible destinations:
   /user/queue/notifications  the user's own notifications and broadcasts
+  /topic/notifications.broadcast  broadcasts alone (any logged-in user)
   /user/queue/jobs           events of the jobs the user owns
   /topic/jobs.<uuid>         one job (its owner, or jobs.view_job)
   /topic/jobs.all            every job (jobs.view_job)
@@ -289,6 +290,9 @@ class StompConsumer(AsyncWebsocketConsumer):
                 sub_id, destination, Kind.NOTIFICATIONS,
                 (destinations.user_notifications(user.pk), destinations.NOTIFICATIONS_BROADCAST),
             )
+        if destination == destinations.NOTIFICATIONS_BROADCAST:
+            # Broadcasts are for every logged-in user (also part of /user/queue/notifications).
+            return ClientSubscription(sub_id, destination, Kind.NOTIFICATIONS, (destination,))
         if destination == USER_JOBS:
             return ClientSubscription(sub_id, destination, Kind.MY_JOBS, (destinations.JOBS_ALL,))
         if destination == destinations.JOBS_ALL:
@@ -412,6 +416,8 @@ class StompConsumer(AsyncWebsocketConsumer):
         from . import api
 
         if sub.kind is Kind.NOTIFICATIONS:
+            if sub.destination != destinations.USER_NOTIFICATIONS:
+                return []  # the broadcast topic alone: nothing per user to resync
             unread = api.recent(self.user, limit=SYNC_NOTIFICATIONS, unread_only=True)
             return [
                 {
