@@ -266,7 +266,7 @@ class Worker:
             self._shutdown_threads()
             for signum, handler in previous_handlers.items():
                 signal.signal(signum, handler)
-            close_old_connections()
+            self._reset_connection()
         stats = WorkerStats(**self._counts)
         logger.info("Worker %s stopped: %s", self.worker_id, stats)
         return stats
@@ -390,6 +390,7 @@ class Worker:
         while True:
             run = self._todo.get()
             if run is None:
+                connection.close()  # this thread's own connection, if a task opened one
                 return
             try:
                 outcome = self._execute(run)

@@ -25,12 +25,12 @@ FAST_JOBS = {"HEARTBEAT_INTERVAL": 0.2, "STALE_AFTER": 1.0, "CANCEL_POLL_INTERVA
 pytestmark = pytest.mark.slow
 
 
-def base_env(db_url: str) -> dict[str, str]:
+def base_env(db_url: str, jobs_settings: dict | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         DATABASE_URL=db_url,
         DJANGO_SETTINGS_MODULE="tests.jobs_settings",
-        JOBS_SETTINGS_JSON=json.dumps(FAST_JOBS),
+        JOBS_SETTINGS_JSON=json.dumps(FAST_JOBS if jobs_settings is None else jobs_settings),
         DJANGO_LOG_LEVEL="WARNING",
         PYTHONUNBUFFERED="1",
     )
@@ -148,7 +148,8 @@ for _ in range(int(os.environ["N_JOBS"])):
 
 def race(db: Database, tmp_path: Path, workers: int = 2, jobs: int = 200) -> None:
     runs = tmp_path / "runs"
-    env = base_env(db.url) | {"N_JOBS": str(jobs), "RUNS_FILE": str(runs)}
+    # Default JOBS: a 1 s STALE_AFTER would let a worker stalled on the write lock look dead.
+    env = base_env(db.url, {}) | {"N_JOBS": str(jobs), "RUNS_FILE": str(runs)}
     ids = enqueue(env, ENQUEUE_RECORDING)
     assert len(ids) == jobs
     procs = [start_worker(env, tmp_path, f"racer-{n}", "--burst", "--concurrency", "2") for n in range(workers)]
@@ -162,6 +163,8 @@ def race(db: Database, tmp_path: Path, workers: int = 2, jobs: int = 200) -> Non
     assert codes == [0] * workers, [(tmp_path / f"racer-{n}.log").read_text()[-2000:] for n in range(workers)]
     recorded = runs_in(str(runs))
     assert (len(recorded), set(recorded)) == (jobs, set(ids))
+    states = db.rows("SELECT status, attempts, error_type, COUNT(*) FROM jobs_job GROUP BY status, attempts, error_type")
+    assert states == [("SUCCESSFUL", 1, "", jobs)]
     per_worker = dict(db.rows("SELECT worker_id, COUNT(*) FROM jobs_job WHERE status = 'SUCCESSFUL' "
                               "AND attempts = 1 GROUP BY worker_id"))
     assert sum(per_worker.values()) == jobs
@@ -193,6 +196,7 @@ def test_a_job_of_a_worker_killed_with_sigkill_is_requeued_and_run_by_another(sq
         if victim.poll() is None:
             victim.kill()
     assert sqlite_db.job(job_id)["status"] == "RUNNING"  # nobody finished it: the worker is dead
+    time.sleep(FAST_JOBS["STALE_AFTER"] + 0.5)  # its last heartbeat ages past STALE_AFTER
     rescuer = start_worker(env, tmp_path, "rescuer", "--burst")
     assert rescuer.wait(PROCESS_TIMEOUT) == 0
     job = sqlite_db.job(job_id)
