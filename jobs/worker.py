@@ -201,6 +201,7 @@ class Worker:
         self._counts = dict.fromkeys(WorkerStats.__dataclass_fields__, 0)
         self._next_retry_at: float | None = None
         self.started = threading.Event()  # set once run() is ready to claim (tests wait on it)
+        self.polls = 0  # claim queries made so far
 
     # Control --------------------------------------------------------------------------------
 
@@ -328,6 +329,7 @@ class Worker:
     # Claiming -------------------------------------------------------------------------------
 
     def _claim(self, limit: int) -> int:
+        self.polls += 1
         now = timezone.now()
         with transaction.atomic():
             qs = Job.objects.filter(

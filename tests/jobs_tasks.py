@@ -66,6 +66,15 @@ def count_to(n, message="step"):
 
 
 @task
+def count_slowly(n, delay=0.03):
+    for i in range(1, n + 1):
+        time.sleep(delay)
+        report_progress(i, n, f"step {i}")
+    log("counted")
+    return n
+
+
+@task
 def wait_for_cancel(path, seconds=20.0):
     """Records that it started, then waits cooperatively for a cancel request."""
     _append(path, current_job_id() or "outside-worker")
