@@ -58,12 +58,18 @@ def stack_broker_url(request) -> str:
 
 
 @pytest.fixture
-def live_stack(tmp_path, template_db, stack_broker_url):
-    stack = LiveStack(var_dir=tmp_path / "var", broker_url=stack_broker_url, template_db=template_db).start()
+def live_stack(request, tmp_path, template_db, stack_broker_url):
+    """The running product. Parametrize indirectly with {"worker": False} to start the worker later."""
+    options = getattr(request, "param", {})
+    stack = LiveStack(
+        var_dir=tmp_path / "var", broker_url=stack_broker_url, template_db=template_db,
+        worker=options.get("worker", True),
+    ).start()
     try:
         yield stack
     finally:
         stack.stop()
+        print(stack.logs())  # pytest shows it only when the test failed
 
 
 @pytest.fixture

@@ -88,7 +88,7 @@ def prepare_database(var_dir: Path) -> Path:
     var_dir.mkdir(parents=True, exist_ok=True)
     env = environment(var_dir, "stomp://127.0.0.1:1")
     manage(env, "migrate", "--noinput", timeout=120)
-    manage(env, "shell", "-c", _CREATE_USERS.format(users=USERS))
+    manage(env, "shell", "--no-imports", "-c", _CREATE_USERS.format(users=USERS))
     # Fold the WAL into the main file so a plain copy carries everything.
     import sqlite3
 
@@ -134,16 +134,20 @@ class LiveStack:
             cwd=ROOT, env=env, stdout=log("web"), stderr=subprocess.STDOUT,
         )
         if self.worker:
-            self.procs["worker"] = subprocess.Popen(
-                [PYTHON, str(ROOT / "manage.py"), "jobworker", "--concurrency", "2", "--poll-interval", "0.5"],
-                cwd=ROOT, env=env, stdout=log("worker"), stderr=subprocess.STDOUT,
-            )
+            self.start_worker()
         try:
             wait_port(self.port, START_TIMEOUT, self.procs["web"])
         except Exception:
             self.stop()
             raise
         return self
+
+    def start_worker(self) -> None:
+        """Start `manage.py jobworker` (at start, or later by a test that wants jobs to wait first)."""
+        self.procs["worker"] = subprocess.Popen(
+            [PYTHON, str(ROOT / "manage.py"), "jobworker", "--concurrency", "2", "--poll-interval", "0.5"],
+            cwd=ROOT, env=self.env, stdout=open(self.var_dir / "worker.log", "wb"), stderr=subprocess.STDOUT,
+        )
 
     def logs(self) -> str:
         out = []
@@ -155,7 +159,7 @@ class LiveStack:
 
     def shell(self, code: str) -> str:
         """Run Python in a separate `manage.py shell` process against the same database and broker."""
-        return manage(self.env, "shell", "-c", code).stdout
+        return manage(self.env, "shell", "--no-imports", "-c", code).stdout
 
     def stop(self) -> None:
         for proc in self.procs.values():

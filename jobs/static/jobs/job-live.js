@@ -108,6 +108,7 @@ function onEvent(event) {
 /** Follow a job: its widgets are updated by every newer event. Returns the subscription. */
 export function follow(jobId) {
   return connection().subscribe(`/topic/jobs.${jobId}`, (frame) => onEvent(frame.json()), {
+    onReceipt: () => { for (const root of widgets.get(jobId) || []) root.dataset.live = 'live'; },
     onError: (frame) => {
       for (const root of widgets.get(jobId) || []) root.dataset.live = 'denied';
     },

@@ -2,7 +2,7 @@
 //
 // The server renders the counter and the newest notifications, so the page is right without
 // JavaScript. Here: new ones arrive over STOMP (/user/queue/notifications, which carries the
-// user's own and the broadcasts) as toasts; after every (re)connect the JSON list is fetched to catch up with anything
+// user's own and the broadcasts) as toasts; once every (re)subscription is confirmed the JSON list is fetched to catch up with anything
 // sent while the socket was away; marking read goes over STOMP, or over HTTP if that fails.
 import { connection } from './stomp-client.js';
 
@@ -45,8 +45,9 @@ class LiveNotifications {
     if (markAll) markAll.addEventListener('submit', (e) => { e.preventDefault(); this.markRead(null); });
 
     this.client = connection();
-    this.client.subscribe(USER_QUEUE, (frame) => this.onEvent(frame.json()));
-    this.client.addEventListener('connect', () => this.catchUp());
+    this.client.subscribe(USER_QUEUE, (frame) => this.onEvent(frame.json()), {
+      onReceipt: () => this.catchUp(),
+    });
   }
 
   setUnread(n) {
@@ -66,6 +67,7 @@ class LiveNotifications {
       for (const n of fresh) this.add(n, { toast: true });
       for (const n of data.notifications) if (n.read) this._markItem(n.id);
       this.setUnread(data.unread);
+      this.root.dataset.live = 'ready';
     } catch (e) {
       /* offline: the next reconnect tries again */
     }

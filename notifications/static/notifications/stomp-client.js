@@ -227,9 +227,14 @@ export class StompClient extends EventTarget {
     }
   }
 
-  subscribe(destination, callback, { headers = {}, onError = null } = {}) {
+  /**
+   * Subscribe; kept across reconnects. onReceipt runs each time the server confirms the
+   * (re)subscription: from then on nothing sent to the destination is missed, so it is the
+   * moment to fetch whatever was sent while we were away.
+   */
+  subscribe(destination, callback, { headers = {}, onError = null, onReceipt = null } = {}) {
     const id = `sub-${this.nextId++}`;
-    const sub = { id, destination, callback, headers, onError };
+    const sub = { id, destination, callback, headers, onError, onReceipt };
     this.subscriptions.set(id, sub);
     if (this.state === 'connected') this._sendSubscribe(sub);
     return { id, destination, unsubscribe: () => this._unsubscribe(id) };
@@ -243,7 +248,11 @@ export class StompClient extends EventTarget {
   _sendSubscribe(sub) {
     // A receipt tells us which SUBSCRIBE an ERROR frame answers (it carries our receipt-id).
     const receipt = `rcpt-${this.nextId++}`;
-    this.receipts.set(receipt, { resolve() {}, reject() {}, subscription: sub.id });
+    this.receipts.set(receipt, {
+      resolve() { if (sub.onReceipt) sub.onReceipt(); },
+      reject() {},
+      subscription: sub.id,
+    });
     this._write('SUBSCRIBE', { ...sub.headers, id: sub.id, destination: sub.destination, ack: 'auto', receipt });
   }
 
