@@ -81,6 +81,10 @@ class BrokerUnderTest:
     rss: Callable[[], int | None] = lambda: None
     stop: Callable[[], None] = lambda: None
     note: str = ""
+    # Connections the broker can take at most, when it says so (RabbitMQ's socket limit).
+    max_connections: int | None = None
+    # The CONNECT host header (STOMP 1.2 requires one; CoilMQ accepts only the machine's FQDN).
+    vhost: str = "/"
 
 
 def free_port() -> int:
@@ -170,11 +174,30 @@ def beam_rss() -> int | None:
     return None
 
 
+def rabbitmq_socket_limit() -> tuple[int, int] | None:
+    """(sockets in use, socket limit) from `rabbitmqctl status`, or None when it cannot tell."""
+    try:
+        out = subprocess.run(["rabbitmqctl", "status"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    match = re.search(r"Sockets: (\d+), limit: (\d+)", out)
+    return (int(match[1]), int(match[2])) if match else None
+
+
 def use_rabbitmq(url_host: str = "127.0.0.1", port: int = 61613) -> BrokerUnderTest:
     if not port_open(url_host, port):
         raise RuntimeError(f"RabbitMQ's STOMP plugin is not listening on {url_host}:{port}")
-    return BrokerUnderTest("rabbitmq", url_host, port, "guest", "guest", rss=beam_rss,
-                           note="RSS of beam.smp (the whole RabbitMQ node)")
+    note = "RSS of beam.smp (the whole RabbitMQ node)"
+    sockets = rabbitmq_socket_limit()
+    max_connections = None
+    if sockets is not None:
+        used, limit = sockets
+        # Past its socket limit RabbitMQ stops accepting and stops delivering to those it has;
+        # keep headroom for the producer and for other users of the node.
+        max_connections = limit - used - 30
+        note += f"; its socket limit is {limit} (ulimit -n of the node), so d uses at most {max_connections}"
+    return BrokerUnderTest("rabbitmq", url_host, port, "guest", "guest", rss=beam_rss, note=note,
+                           max_connections=max_connections)
 
 
 ACTIVEMQ_XML = """<beans xmlns="http://www.springframework.org/schema/beans"
@@ -226,7 +249,8 @@ def start_coilmq() -> BrokerUnderTest:
     workdir = tempfile.TemporaryDirectory(prefix="bench-coilmq-")
     port = free_port()
     proc = spawn("coilmq", [str(exe), "-b", "127.0.0.1", "-p", str(port)], port, workdir)
-    return BrokerUnderTest("coilmq", "127.0.0.1", port, rss=process_rss(proc.pid), stop=stopper(proc, workdir))
+    return BrokerUnderTest("coilmq", "127.0.0.1", port, rss=process_rss(proc.pid), stop=stopper(proc, workdir),
+                           vhost=socket.getfqdn(), note="CONNECT host is the machine's FQDN: CoilMQ refuses any other")
 
 
 STARTERS: dict[str, Callable[[], BrokerUnderTest]] = {
@@ -395,7 +419,7 @@ class Conn(asyncio.Protocol):
 async def connect(broker: BrokerUnderTest, timeout: float = 30.0) -> Conn:
     loop = asyncio.get_running_loop()
     _, conn = await asyncio.wait_for(loop.create_connection(Conn, broker.host, broker.port), timeout)
-    headers = [("accept-version", "1.0,1.1,1.2"), ("host", "/"), ("heart-beat", "0,0")]
+    headers = [("accept-version", "1.0,1.1,1.2"), ("host", broker.vhost), ("heart-beat", "0,0")]
     if broker.login:
         headers += [("login", broker.login), ("passcode", broker.passcode)]
     conn.write(encode_frame(Frame("CONNECT", tuple(headers))))
@@ -420,7 +444,7 @@ async def send_bulk(conn: Conn, frame: bytes, n: int, batch: int = 256) -> None:
     """Write ``n`` copies of a pre-encoded frame back to back, in bulk, honouring flow control."""
     chunk = frame * batch
     sent = 0
-    while sent < n:
+    while sent < n and not conn.closed:
         k = min(batch, n - sent)
         conn.write(chunk if k == batch else frame * k)
         sent += k
@@ -527,6 +551,8 @@ async def throughput(broker: BrokerUnderTest, destination: str, subscribers: int
         deadline = started + settings.cell_timeout
         await send_bulk(producer, send_frame_bytes(destination, body), messages)
         received, last_at, note = await wait_counts(sub_conns, messages, deadline)
+        if producer.error:
+            note = f"{note} producer: {producer.error}"[:200].strip()
         expected = messages * len(sub_conns)
         rate = received / (last_at - started) if received and last_at > started else 0.0
         unit = "deliveries/s" if len(sub_conns) > 1 else "msgs/s"
@@ -572,6 +598,9 @@ async def scenario_c(broker, settings) -> dict[str, Cell]:
 
 async def scenario_d(broker, settings) -> dict[str, Cell]:
     destination = f"/topic/bench.d.{settings.run_id}"
+    wanted = MANY_CONNECTIONS
+    if broker.max_connections is not None and broker.max_connections < wanted:
+        wanted = broker.max_connections
     keys = (
         f"d: {MANY_CONNECTIONS} connections, connect+subscribe time",
         "d: broker memory per idle connection",
@@ -596,8 +625,10 @@ async def scenario_d(broker, settings) -> dict[str, Cell]:
             await subscribe(conn, destination, f"s{i}")
             return conn
 
-        for first in range(0, MANY_CONNECTIONS, CONNECT_CONCURRENCY):
-            batch = range(first, min(MANY_CONNECTIONS, first + CONNECT_CONCURRENCY))
+        if wanted < MANY_CONNECTIONS:
+            shortfall = f"{wanted} connections: the broker's own limit"
+        for first in range(0, wanted, CONNECT_CONCURRENCY):
+            batch = range(first, min(wanted, first + CONNECT_CONCURRENCY))
             done = await asyncio.gather(*(asyncio.wait_for(one(i), 15.0) for i in batch), return_exceptions=True)
             subs += [c for c in done if isinstance(c, Conn)]
             failures = [c for c in done if not isinstance(c, Conn)]
@@ -615,7 +646,7 @@ async def scenario_d(broker, settings) -> dict[str, Cell]:
             rows[keys[1]] = Cell(None, "", note="RSS not readable")
         subs = [c for c in subs if not c.closed]
         if shortfall:
-            await close_all([c for c in conns if c not in subs])  # the half-open ones
+            await close_all([c for c in conns if c not in subs and c is not producer])  # the half-open ones
         cell, producer_conns = await throughput(broker, destination, 0, settings.messages_d, settings,
                                                 sub_conns=subs, producer=producer)
         if shortfall:
@@ -689,7 +720,10 @@ async def bench_broker(broker: BrokerUnderTest, scenarios: list[str], settings: 
     await warm_up(broker, settings)
     for name in scenarios:
         t = time.perf_counter()
-        results.update(await SCENARIOS[name](broker, settings))
+        try:
+            results.update(await SCENARIOS[name](broker, settings))
+        except (BenchError, OSError, TimeoutError) as exc:
+            results[f"{name}: failed"] = Cell(None, "", note=f"failed: {type(exc).__name__} {str(exc)[:120]}")
         print(f"    {broker.name} {name}: {time.perf_counter() - t:.1f} s", file=sys.stderr, flush=True)
     return results
 
