@@ -150,13 +150,45 @@ def spawn(name: str, argv: list[str], port: int, workdir: tempfile.TemporaryDire
     return proc
 
 
+EMBEDDED_LOOP = "runner"  # set by --embedded-loop
+
+# The broker through its public API on a chosen event loop, for --embedded-loop asyncio|uvloop.
+EMBEDDED_MAIN = """
+import asyncio, logging, signal, sys
+from notifications.broker import Broker, BrokerConfig
+
+async def main(port):
+    broker = Broker(BrokerConfig(host="127.0.0.1", port=port))
+    await broker.start()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    await broker.close()
+
+logging.basicConfig(level=logging.WARNING)
+if sys.argv[2] == "uvloop":
+    import uvloop
+    factory = uvloop.new_event_loop
+else:
+    factory = asyncio.new_event_loop
+asyncio.run(main(int(sys.argv[1])), loop_factory=factory)
+"""
+
+
 def start_embedded() -> BrokerUnderTest:
-    """The broker as `python -m notifications.broker` runs it (uvloop's loop when installed)."""
+    """The broker as `python -m notifications.broker` runs it (its runner picks uvloop when
+    installed), or through its API on the loop --embedded-loop names."""
     workdir = tempfile.TemporaryDirectory(prefix="bench-embedded-")
     port = free_port()
-    argv = [sys.executable, "-m", "notifications.broker", "--port", str(port), "--log-level", "WARNING"]
+    if EMBEDDED_LOOP == "runner":
+        argv = [sys.executable, "-m", "notifications.broker", "--port", str(port), "--log-level", "WARNING"]
+        note = "python -m notifications.broker (uvloop if installed)"
+    else:
+        argv = [sys.executable, "-c", EMBEDDED_MAIN, str(port), EMBEDDED_LOOP]
+        note = f"Broker API on the {EMBEDDED_LOOP} event loop"
     proc = spawn("embedded", argv, port, workdir)
-    return BrokerUnderTest("embedded", "127.0.0.1", port, rss=process_rss(proc.pid), stop=stopper(proc, workdir))
+    return BrokerUnderTest("embedded", "127.0.0.1", port, rss=process_rss(proc.pid), stop=stopper(proc, workdir),
+                           note=note)
 
 
 def start_sink() -> BrokerUnderTest:
@@ -709,8 +741,9 @@ SCENARIOS = {"a": scenario_a, "b": scenario_b, "c": scenario_c, "d": scenario_d,
 
 
 async def warm_up(broker: BrokerUnderTest, settings: Settings) -> None:
-    """A short unmeasured run, so a JIT (ActiveMQ) or a lazy allocation does not cost the first cell."""
-    warm = Settings(messages_a=max(1000, settings.messages_a // 4), cell_timeout=settings.cell_timeout)
+    """A short unmeasured run, so a JIT (ActiveMQ) or a lazy allocation does not cost the first cell;
+    small, so the heap it leaves behind does not mask the memory measured in d."""
+    warm = Settings(messages_a=2000, cell_timeout=settings.cell_timeout)
     cell, conns = await throughput(broker, f"/topic/bench.warmup.{settings.run_id}", 1, warm.messages_a, warm)
     await close_all(conns)
 
@@ -718,7 +751,9 @@ async def warm_up(broker: BrokerUnderTest, settings: Settings) -> None:
 async def bench_broker(broker: BrokerUnderTest, scenarios: list[str], settings: Settings) -> dict[str, Cell]:
     results: dict[str, Cell] = {}
     await warm_up(broker, settings)
-    for name in scenarios:
+    # d first: memory per connection is read on a broker that has not yet grown (and kept) heap
+    # for the bulk traffic of a, b and c, which would hide what connections cost.
+    for name in sorted(scenarios, key=lambda n: n != "d"):
         t = time.perf_counter()
         try:
             results.update(await SCENARIOS[name](broker, settings))
@@ -872,7 +907,7 @@ def target_report(results: dict[str, dict[str, Cell]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    global MANY_CONNECTIONS
+    global MANY_CONNECTIONS, EMBEDDED_LOOP
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--brokers", default=",".join(ALL_BROKERS),
                         help=f"comma-separated columns, from {','.join(ALL_BROKERS)}")
@@ -881,6 +916,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-seconds", type=float, default=3.0, help="length of scenario e (default 3 s)")
     parser.add_argument("--connections", type=int, default=MANY_CONNECTIONS,
                         help=f"connections in scenario d (default {MANY_CONNECTIONS})")
+    parser.add_argument("--embedded-loop", choices=["runner", "asyncio", "uvloop"], default="runner",
+                        help="how the embedded broker runs: its own runner (default), or its API on a given loop")
     parser.add_argument("--cell-timeout", type=float, default=30.0, help="bound on one cell, seconds")
     parser.add_argument("--serve-sink", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -894,6 +931,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown broker or scenario: {', '.join(unknown)}")
     s = args.scale
     MANY_CONNECTIONS = args.connections
+    EMBEDDED_LOOP = args.embedded_loop
     settings = Settings(
         messages_a=max(100, int(20_000 * s)), messages_b=max(10, int(1_000 * s)),
         messages_c=max(100, int(10_000 * s)), messages_d=max(5, int(50 * s)),
