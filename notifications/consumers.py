@@ -462,7 +462,7 @@ class StompConsumer(AsyncWebsocketConsumer):
                             self._send_event(sub, data)
                 except Exception:
                     logger.exception("Resync of %s failed", sub.destination)
-        self._schedule_flush()
+        await self._flush_pending_writes()
 
     # ------------------------------------------------------------------ live events
 

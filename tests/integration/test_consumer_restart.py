@@ -1,0 +1,202 @@
+"""A broker restart in the middle of a job: the browser still ends up with the job's final state.
+
+On the embedded broker the broker itself is stopped and a new one started on the same port
+(every subscription and message it held is gone). On RabbitMQ, which a test cannot restart, a
+relay between the web process and the broker drops every connection and refuses new ones for
+a while, which is what the web process sees of a restart.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from channels.db import database_sync_to_async
+from django.contrib.auth import get_user_model
+
+from notifications import destinations
+from notifications import hub as hub_module
+from notifications.hub import Hub
+
+from .stomp_ws_support import WsStomp, make_job, session_cookie
+from .test_hub import Relay, via
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(90), pytest.mark.slow]
+
+
+def _settings(settings, url: str) -> None:
+    settings.NOTIFICATIONS = {
+        "BROKER_URL": url,
+        "HEARTBEAT_MS": 1000,
+        "SESSION_RECHECK_SECONDS": 5,
+        "RECONNECT_MIN": 0.05,
+        "RECONNECT_MAX": 0.3,
+    }
+
+
+@pytest.fixture
+def alice():
+    return get_user_model().objects.create_user("alice", password="pw-alice-1")
+
+
+async def _watch(alice, job) -> WsStomp:
+    client = WsStomp(await database_sync_to_async(session_cookie)(alice))
+    assert await client.open()
+    assert (await client.connect()).command == "CONNECTED"
+    await client.subscribe(destinations.job(job.pk), receipt="r")
+    assert (await client.next_message())["status"] == "READY"
+    assert (await client.next_frame()).command == "RECEIPT"
+    return client
+
+
+async def _write(job, **changes) -> dict:
+    from jobs.events import job_event
+
+    def write():
+        assert job.cas_update(**changes)
+        return job_event(job)
+
+    return await database_sync_to_async(write)()
+
+
+async def _until_final(client: WsStomp, timeout: float = 15.0) -> list[dict]:
+    seen = []
+    async with asyncio.timeout(timeout):
+        while not (seen and seen[-1]["final"]):
+            seen.append(await client.next_message(timeout))
+    return seen
+
+
+async def test_a_job_that_finished_while_the_embedded_broker_was_down_shows_its_final_state(settings, alice):
+    from notifications.broker import BrokerConfig, BrokerThread
+
+    broker = BrokerThread(BrokerConfig(host="127.0.0.1", port=0, close_timeout=2.0)).start()
+    port = broker.port
+    _settings(settings, broker.url)
+    job = await database_sync_to_async(make_job)(alice, progress_total=10)
+    worker = Hub(broker.url, reconnect_min=0.05, reconnect_max=0.3)
+    worker.start()
+    client = None
+    try:
+        assert await worker.wait_connected(10)
+        client = await _watch(alice, job)
+        worker.publish(destinations.job(job.pk), await _write(job, status="RUNNING", progress_done=3))
+        assert (await client.next_message())["progress"]["done"] == 3
+
+        await asyncio.to_thread(broker.stop)
+        # The job ends while no broker runs: its event is lost with the broker, the row is not.
+        await _write(job, status="SUCCESSFUL", progress_done=10)
+        broker = BrokerThread(BrokerConfig(host="127.0.0.1", port=port, close_timeout=2.0)).start()
+
+        seen = await _until_final(client)
+        assert [(e["status"], e["seq"]) for e in seen][-1] == ("SUCCESSFUL", 2)
+        assert await worker.wait_connected(10)
+        # The late live copy of the same state is not shown twice.
+        worker.publish(destinations.job(job.pk), await database_sync_to_async(lambda: __import__("jobs.events").events.job_event(job))())
+        assert await client.nothing_more(0.5)
+    finally:
+        if client is not None:
+            await client.close()
+        await worker.close()
+        await hub_module.shutdown()
+        await asyncio.to_thread(broker.stop)
+
+
+async def test_events_published_after_a_broker_restart_reach_the_browser(settings, alice):
+    from notifications.broker import BrokerConfig, BrokerThread
+
+    broker = BrokerThread(BrokerConfig(host="127.0.0.1", port=0, close_timeout=2.0)).start()
+    port = broker.port
+    _settings(settings, broker.url)
+    job = await database_sync_to_async(make_job)(alice, progress_total=10)
+    worker = Hub(broker.url, reconnect_min=0.05, reconnect_max=0.3)
+    worker.start()
+    client = None
+    try:
+        assert await worker.wait_connected(10)
+        client = await _watch(alice, job)
+        await asyncio.to_thread(broker.stop)
+        broker = BrokerThread(BrokerConfig(host="127.0.0.1", port=port, close_timeout=2.0)).start()
+        process_hub = hub_module.current_hub()
+        async with asyncio.timeout(10):
+            while not (process_hub.connected and process_hub.stats.connects >= 2):
+                await asyncio.sleep(0.02)
+        assert await worker.wait_connected(10)
+        worker.publish(destinations.job(job.pk), await _write(job, status="RUNNING", progress_done=5))
+        worker.publish(destinations.job(job.pk), await _write(job, status="SUCCESSFUL", progress_done=10))
+        seen = await _until_final(client)
+        assert [(e["status"], e["seq"]) for e in seen][-1] == ("SUCCESSFUL", 2)
+    finally:
+        if client is not None:
+            await client.close()
+        await worker.close()
+        await hub_module.shutdown()
+        await asyncio.to_thread(broker.stop)
+
+
+async def test_a_job_that_finished_during_a_rabbitmq_outage_shows_its_final_state(settings, alice, rabbitmq_stomp_url):
+    from notifications.conf import parse_broker_url
+
+    target = parse_broker_url(rabbitmq_stomp_url)
+    relay = Relay(target.host, target.port)
+    await relay.start()
+    _settings(settings, via(relay, rabbitmq_stomp_url))
+    job = await database_sync_to_async(make_job)(alice, progress_total=10)
+    worker = Hub(rabbitmq_stomp_url)
+    worker.start()
+    client = None
+    try:
+        assert await worker.wait_connected(15)
+        client = await _watch(alice, job)
+        worker.publish(destinations.job(job.pk), await _write(job, status="RUNNING", progress_done=3))
+        assert (await client.next_message())["progress"]["done"] == 3
+
+        relay.refuse = True
+        relay.cut()
+        # Published while the web process is cut off: RabbitMQ drops it (no subscriber).
+        worker.publish(destinations.job(job.pk), await _write(job, status="SUCCESSFUL", progress_done=10))
+        await asyncio.sleep(0.5)
+        relay.refuse = False
+
+        seen = await _until_final(client)
+        assert [(e["status"], e["seq"]) for e in seen][-1] == ("SUCCESSFUL", 2)
+    finally:
+        if client is not None:
+            await client.close()
+        await worker.close()
+        await hub_module.shutdown()
+        await relay.close()
+
+
+async def test_a_notification_sent_during_an_outage_is_counted_after_reconnect(settings, alice, rabbitmq_stomp_url):
+    from notifications.api import notify
+    from notifications.conf import parse_broker_url
+
+    target = parse_broker_url(rabbitmq_stomp_url)
+    relay = Relay(target.host, target.port)
+    await relay.start()
+    _settings(settings, via(relay, rabbitmq_stomp_url))
+    client = WsStomp(await database_sync_to_async(session_cookie)(alice))
+    try:
+        assert await client.open()
+        await client.connect()
+        await client.subscribe(destinations.USER_NOTIFICATIONS, receipt="r")
+        assert (await client.next_message())["unread"] == 0
+        await client.next_frame()
+        relay.refuse = True
+        relay.cut()
+        process_hub = hub_module.current_hub()
+        async with asyncio.timeout(5):
+            while process_hub.connected:
+                await asyncio.sleep(0.01)
+        await database_sync_to_async(notify)(alice, title="While away")
+        relay.refuse = False
+        messages = [await client.next_message(10)]
+        while messages[-1]["type"] != "notifications.sync":
+            messages.append(await client.next_message(10))
+        sync = messages[-1]
+        assert (sync["unread"], [n["title"] for n in sync["notifications"]]) == (1, ["While away"])
+    finally:
+        await client.close()
+        await hub_module.shutdown()
+        await relay.close()

@@ -1,0 +1,256 @@
+"""The process hub against a real broker, seen on the wire through a TCP relay this test controls.
+
+The relay records every frame the hub sends (so one broker SUBSCRIBE for many listeners is
+observed on the wire, not taken from the hub's own counters) and can cut or freeze the
+connection to make broker outages.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import pytest
+
+from notifications.codec import HEARTBEAT, FrameParser
+from notifications.conf import parse_broker_url
+from notifications.hub import Hub
+
+pytestmark = [pytest.mark.timeout(60)]
+
+
+class Relay:
+    """127.0.0.1:port -> broker; records client frames; cut() drops, refuse/freeze simulate outages."""
+
+    def __init__(self, host: str, port: int):
+        self.target = (host, port)
+        self.server: asyncio.Server | None = None
+        self.port = 0
+        self.sent_frames: list = []  # frames from the hub, in order, all connections
+        self.connections = 0
+        self.refuse = False
+        self.frozen = False
+        self._pipes: set[asyncio.Task] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def _handle(self, reader, writer) -> None:
+        if self.refuse:
+            writer.close()
+            return
+        self.connections += 1
+        up_reader, up_writer = await asyncio.open_connection(*self.target)
+        self._writers.update((writer, up_writer))
+        parser = FrameParser()
+
+        async def pipe(src, dst, record: bool):
+            try:
+                while data := await src.read(65536):
+                    while self.frozen:
+                        await asyncio.sleep(0.01)
+                    if record:
+                        parser.receive_data(data)
+                        self.sent_frames.extend(e for e in parser.events_received() if e is not HEARTBEAT)
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError, asyncio.CancelledError):
+                pass
+            finally:
+                with contextlib.suppress(Exception):
+                    dst.close()
+
+        for task in (
+            asyncio.create_task(pipe(reader, up_writer, True)),
+            asyncio.create_task(pipe(up_reader, writer, False)),
+        ):
+            self._pipes.add(task)
+            task.add_done_callback(self._pipes.discard)
+
+    def cut(self) -> None:
+        for writer in list(self._writers):
+            with contextlib.suppress(Exception):
+                writer.transport.abort()
+        self._writers.clear()
+
+    async def close(self) -> None:
+        self.cut()
+        for task in list(self._pipes):
+            task.cancel()
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+    def commands(self, command: str, destination: str | None = None) -> list:
+        return [
+            f for f in self.sent_frames
+            if f.command == command and (destination is None or f.get("destination") == destination)
+        ]
+
+
+class Recorder:
+    def __init__(self):
+        self.events = []
+        self.reconnects = 0
+        self.arrived = asyncio.Event()
+
+    def hub_event(self, event) -> None:
+        self.events.append(event)
+        self.arrived.set()
+
+    def hub_reconnected(self) -> None:
+        self.reconnects += 1
+
+    async def wait_for(self, count: int, timeout: float = 5.0) -> None:
+        async with asyncio.timeout(timeout):
+            while len(self.events) < count:
+                self.arrived.clear()
+                await self.arrived.wait()
+
+
+@pytest.fixture
+async def relay(stomp_broker_url):
+    url = parse_broker_url(stomp_broker_url)
+    relay = Relay(url.host, url.port)
+    await relay.start()
+    yield relay
+    await relay.close()
+
+
+def via(relay: Relay, broker_url: str) -> str:
+    url = parse_broker_url(broker_url)
+    auth = f"{url.login}:{url.passcode}@" if url.login else ""
+    return f"stomp://{auth}127.0.0.1:{relay.port}"
+
+
+@pytest.fixture
+async def hub(relay, stomp_broker_url):
+    hub = Hub(via(relay, stomp_broker_url), heartbeat_ms=10_000, reconnect_min=0.05, reconnect_max=0.3)
+    hub.start()
+    assert await hub.wait_connected(15)
+    yield hub
+    await hub.close()
+
+
+@pytest.fixture
+async def sender(stomp_broker_url):
+    """A second connection, straight to the broker, publishing like a worker."""
+    hub = Hub(stomp_broker_url)
+    hub.start()
+    assert await hub.wait_connected(15)
+    yield hub
+    await hub.close()
+
+
+async def test_many_local_listeners_make_one_broker_subscription(hub, relay):
+    listeners = [Recorder() for _ in range(5)]
+    for listener in listeners:
+        await hub.subscribe("/topic/test.refcount", listener)
+    assert len(relay.commands("SUBSCRIBE", "/topic/test.refcount")) == 1
+
+
+async def test_one_broker_message_reaches_every_local_listener(hub, sender):
+    listeners = [Recorder() for _ in range(3)]
+    for listener in listeners:
+        await hub.subscribe("/topic/test.fanout", listener)
+    sender.publish("/topic/test.fanout", {"type": "job", "id": "j1", "seq": 7})
+    for listener in listeners:
+        await listener.wait_for(1)
+    assert [(r.events[0].data, r.events[0].seq, r.events[0].job_id) for r in listeners] == [
+        ({"type": "job", "id": "j1", "seq": 7}, 7, "j1")
+    ] * 3
+
+
+async def test_the_broker_unsubscribe_waits_for_the_last_local_listener(hub, relay):
+    first, second = Recorder(), Recorder()
+    await hub.subscribe("/topic/test.leave", first)
+    await hub.subscribe("/topic/test.leave", second)
+    hub.unsubscribe("/topic/test.leave", first)
+    await asyncio.sleep(0.1)
+    unsubscribes_after_first = len(relay.commands("UNSUBSCRIBE"))
+    hub.unsubscribe("/topic/test.leave", second)
+    await asyncio.sleep(0.1)
+    assert (unsubscribes_after_first, len(relay.commands("UNSUBSCRIBE"))) == (0, 1)
+
+
+async def test_a_listener_that_left_gets_nothing_more(hub, sender):
+    stays, leaves = Recorder(), Recorder()
+    await hub.subscribe("/topic/test.gone", stays)
+    await hub.subscribe("/topic/test.gone", leaves)
+    hub.unsubscribe_all(leaves)
+    sender.publish("/topic/test.gone", "hello")
+    await stays.wait_for(1)
+    assert (len(stays.events), len(leaves.events), stays.events[0].body) == (1, 0, b"hello")
+
+
+async def test_after_the_connection_drops_the_hub_resubscribes_and_delivers_again(hub, relay, sender):
+    listener = Recorder()
+    await hub.subscribe("/topic/test.restart", listener)
+    relay.cut()
+    async with asyncio.timeout(10):
+        while listener.reconnects == 0:
+            await asyncio.sleep(0.02)
+    sender.publish("/topic/test.restart", {"after": "reconnect"})
+    await listener.wait_for(1)
+    assert (len(relay.commands("SUBSCRIBE", "/topic/test.restart")), listener.events[0].data, hub.stats.connects) == (
+        2, {"after": "reconnect"}, 2,
+    )
+
+
+async def test_the_hub_keeps_retrying_while_the_broker_is_away(hub, relay):
+    relay.refuse = True
+    relay.cut()
+    await asyncio.sleep(0.8)
+    assert hub.connected is False
+    relay.refuse = False
+    assert await hub.wait_connected(5)
+    assert hub.stats.outages == 1
+
+
+async def test_messages_published_while_the_broker_is_away_are_sent_after_reconnect(hub, relay, sender):
+    listener = Recorder()
+    await sender.subscribe("/topic/test.buffered", listener)
+    relay.refuse = True
+    relay.cut()
+    async with asyncio.timeout(5):
+        while hub.connected:
+            await asyncio.sleep(0.01)
+    hub.publish("/topic/test.buffered", {"n": 1})
+    relay.refuse = False
+    await listener.wait_for(1)
+    assert listener.events[0].data == {"n": 1}
+
+
+async def test_a_silent_broker_is_detected_by_heart_beats_and_replaced(relay, stomp_broker_url):
+    hub = Hub(via(relay, stomp_broker_url), heartbeat_ms=200, reconnect_min=0.05, reconnect_max=0.3)
+    hub.start()
+    try:
+        assert await hub.wait_connected(15)
+        relay.frozen = True
+        async with asyncio.timeout(5):
+            while hub.connected:
+                await asyncio.sleep(0.02)
+        relay.frozen = False
+        relay.cut()
+        assert await hub.wait_connected(5)
+        assert hub.stats.connects == 2
+    finally:
+        await hub.close()
+
+
+async def test_subscribe_returns_once_the_broker_confirmed_it(hub, relay):
+    await hub.subscribe("/topic/test.receipt", Recorder())
+    subscribe = relay.commands("SUBSCRIBE", "/topic/test.receipt")[0]
+    assert subscribe.get("receipt", "").startswith("hub-sub-")
+
+
+async def test_close_is_idempotent_and_stops_reconnecting(relay, stomp_broker_url):
+    hub = Hub(via(relay, stomp_broker_url), reconnect_min=0.05, reconnect_max=0.1)
+    hub.start()
+    assert await hub.wait_connected(15)
+    await hub.close()
+    await hub.close()
+    connections = relay.connections
+    await asyncio.sleep(0.3)
+    assert (hub.connected, relay.connections) == (False, connections)
