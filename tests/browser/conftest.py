@@ -50,7 +50,9 @@ def template_db(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def stack_broker_url(request) -> str:
-    """The embedded broker (the default deployment), or RabbitMQ while the embedded one is absent."""
+    """The embedded broker (the default deployment); E2E_BROKER=rabbitmq runs the same tests on RabbitMQ."""
+    if os.environ.get("E2E_BROKER") == "rabbitmq":
+        return request.getfixturevalue("rabbitmq_stomp_url")
     try:
         return request.getfixturevalue("embedded_broker").url
     except pytest.FixtureLookupError:
