@@ -46,6 +46,36 @@ def target(request) -> Target:
     return Target(request.param, parsed.host, parsed.port, parsed.login or "", parsed.passcode or "")
 
 
+def embedded_thread(**config):
+    """An embedded broker of our own configuration on a free port (the fixture's is the default)."""
+    from notifications.broker import BrokerConfig, BrokerThread
+
+    return BrokerThread(BrokerConfig(host="127.0.0.1", port=0, close_timeout=2.0, **config)).start()
+
+
+@pytest.fixture(params=["embedded", "rabbitmq"])
+def heartbeat_target(request) -> Target:
+    """A broker willing to heart-beat every 200 ms: the embedded one configured so (its default is
+    10 s, too long for a test to watch), RabbitMQ as it is (it offers what the client asks)."""
+    if request.param == "rabbitmq":
+        parsed = parse_broker_url(request.getfixturevalue("rabbitmq_stomp_url"))
+        return Target("rabbitmq", parsed.host, parsed.port, parsed.login or "", parsed.passcode or "")
+    running = embedded_thread(heartbeat_send_ms=200, heartbeat_receive_ms=200)
+    request.addfinalizer(running.stop)
+    return Target("embedded", running.host, running.port, "", "")
+
+
+@pytest.fixture(params=["embedded", "rabbitmq"])
+def wrong_passcode_target(request) -> Target:
+    """A broker with a known user, and that user's login with a wrong passcode."""
+    if request.param == "rabbitmq":
+        parsed = parse_broker_url(request.getfixturevalue("rabbitmq_stomp_url"))
+        return Target("rabbitmq", parsed.host, parsed.port, parsed.login or "guest", "not-the-passcode")
+    running = embedded_thread(users={"alice": "s3cret"})
+    request.addfinalizer(running.stop)
+    return Target("embedded", running.host, running.port, "alice", "not-the-passcode")
+
+
 @pytest.fixture
 def suffix() -> str:
     """A fresh destination suffix per test, so durable queues on RabbitMQ never mix runs."""
@@ -142,8 +172,8 @@ def test_stompjs_transaction_delivers_on_commit_and_nothing_on_abort(target, suf
     assert result["bodies"] == ["outside-1", "in-committed-tx", "outside-2"]
 
 
-def test_stompjs_heart_beats_flow_both_ways_and_keep_an_idle_connection_alive(target, suffix):
-    result = stompjs(target, "heartbeat", suffix)
+def test_stompjs_heart_beats_flow_both_ways_and_keep_an_idle_connection_alive(heartbeat_target, suffix):
+    result = stompjs(heartbeat_target, "heartbeat", suffix)
     server_out, server_in = (int(v) for v in result["connected_heart_beat"].split(","))
     assert server_out > 0 and server_in > 0
     assert result["pongs_received"] >= 1
@@ -191,6 +221,12 @@ def test_net_stomp_acked_message_is_not_redelivered(target, suffix):
     assert result["first"]["body"] == "ack me"
     assert result["ack_receipt"] is True
     assert result["after_reconnect"] == ["sentinel"]
+
+
+def test_net_stomp_wrong_passcode_gets_an_error_frame_instead_of_connected(wrong_passcode_target, suffix):
+    reply = net_stomp(wrong_passcode_target, "login", suffix)["reply"]
+    assert reply["command"] == "ERROR"
+    assert reply["headers"]["message"] != ""
 
 
 def test_net_stomp_send_without_destination_gets_an_error_frame(target, suffix):

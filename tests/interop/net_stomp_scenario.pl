@@ -100,6 +100,12 @@ my %scenarios = (
         $again->disconnect;
     },
 
+    # CONNECT with the login and passcode given: CONNECTED, or an ERROR for a wrong passcode.
+    login => sub {
+        my ($stomp, $reply) = client();
+        $result{reply} = frame_json($reply);
+    },
+
     # A SEND without a destination gets an ERROR frame (with the receipt-id asked for),
     # then the broker closes the connection.
     error => sub {
