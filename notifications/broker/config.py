@@ -41,6 +41,7 @@ class BrokerConfig:
     heartbeat_tolerance: float = 2.0
     # Messages a /queue/ destination holds for absent or busy consumers, and what happens past it.
     max_queue_messages: int = 100_000
+    max_queue_bytes: int = 64 * 1024 * 1024
     queue_overflow: QueueOverflow = QueueOverflow.REJECT
     # Unacknowledged messages per client/client-individual subscription on a queue; a SUBSCRIBE
     # may ask for fewer (or more, up to max_unacked) with a `prefetch-count` header.
@@ -54,8 +55,11 @@ class BrokerConfig:
     output_high_water: int = 1024 * 1024
     max_output_bytes: int = 16 * 1024 * 1024
     slow_consumer_timeout: float = 10.0
-    # Frames held by one open transaction.
+    # Frames (and their body bytes) held by all open transactions of one connection.
     max_transaction_frames: int = 10_000
+    max_transaction_bytes: int = 16 * 1024 * 1024
+    # Subscriptions per connection.
+    max_subscriptions: int = 1_000
     # Seconds a new connection has to send its CONNECT frame.
     connect_timeout: float = 10.0
     # Seconds close() waits for clients to take their last frames before cutting them off.

@@ -146,10 +146,11 @@ class Subscription:
 
 
 class Queue:
-    __slots__ = ("name", "messages", "consumers", "rr")
+    __slots__ = ("name", "messages", "consumers", "rr", "size")
 
     def __init__(self, name: str) -> None:
         self.name = name
+        self.size = 0  # body bytes of the waiting messages
         self.messages: deque[QueuedMessage] = deque()
         self.consumers: list[Subscription] = []
         self.rr = 0
@@ -176,7 +177,7 @@ class Connection(asyncio.Protocol):
         "broker", "transport", "parser", "version", "escaped", "session", "connected", "closing",
         "subs", "subs_by_num", "sub_counter", "transactions", "out", "rx", "tx", "hb_in", "hb_out",
         "hb_in_handle", "hb_out_handle", "write_paused", "slow_handle", "waiters", "blocked_by",
-        "reading_paused", "login", "peer", "close_handle",
+        "reading_paused", "login", "peer", "close_handle", "held",
     )
 
     def __init__(self, broker: Broker) -> None:
@@ -192,6 +193,7 @@ class Connection(asyncio.Protocol):
         self.subs_by_num: dict[int, Subscription] = {}
         self.sub_counter = 0
         self.transactions: dict[str, list[Frame]] | None = None
+        self.held = (0, 0)  # frames and body bytes held by open transactions
         self.out: list[bytes] = []
         self.rx = False  # data arrived since the last heart-beat check
         self.tx = False  # data was written since the last heart-beat send
@@ -211,8 +213,7 @@ class Connection(asyncio.Protocol):
     # --- asyncio.Protocol -----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]
         broker = self.broker
         transport.set_write_buffer_limits(high=broker.config.output_high_water)
         peer = transport.get_extra_info("peername")
@@ -532,6 +533,8 @@ class Connection(asyncio.Protocol):
             sub_id = destination
         if sub_id in self.subs:
             raise BrokerError(f"Subscription id {sub_id!r} is already in use on this connection")
+        if len(self.subs) >= self.broker.config.max_subscriptions:
+            raise BrokerError(f"Too many subscriptions: at most {self.broker.config.max_subscriptions} per connection")
         mode = _ACK_MODES.get(headers.get("ack", "auto"))
         if mode is None:
             raise BrokerError(f"Invalid ack mode {headers.get('ack')!r}: use auto, client or client-individual")
@@ -605,12 +608,15 @@ class Connection(asyncio.Protocol):
         transactions = self.transactions
         if transactions is None or tx not in transactions:
             raise BrokerError(f"Unknown transaction {tx!r}")
-        held = transactions[tx]
-        if len(held) >= self.broker.config.max_transaction_frames:
+        config = self.broker.config
+        frames, size = self.held
+        if frames >= config.max_transaction_frames or size + len(frame.body) > config.max_transaction_bytes:
             raise BrokerError(
-                f"Transaction {tx!r} holds more than {self.broker.config.max_transaction_frames} frames"
+                f"Open transactions hold more than {config.max_transaction_frames} frames"
+                f" or {config.max_transaction_bytes} bytes"
             )
-        held.append(frame)
+        transactions[tx].append(frame)
+        self.held = (frames + 1, size + len(frame.body))
 
     def _transaction_id(self, frame: Frame) -> str:
         tx = frame.get("transaction")
@@ -630,7 +636,9 @@ class Connection(asyncio.Protocol):
         tx = self._transaction_id(frame)
         if self.transactions is None or tx not in self.transactions:
             raise BrokerError(f"Unknown transaction {tx!r}")
-        for held in self.transactions.pop(tx):
+        frames = self.transactions.pop(tx)
+        self._release_held(frames)
+        for held in frames:
             if held.command == "SEND":
                 self.on_send(held, in_transaction=True)
             else:
@@ -645,7 +653,11 @@ class Connection(asyncio.Protocol):
         tx = self._transaction_id(frame)
         if self.transactions is None or tx not in self.transactions:
             raise BrokerError(f"Unknown transaction {tx!r}")
-        del self.transactions[tx]
+        self._release_held(self.transactions.pop(tx))
+
+    def _release_held(self, frames: list[Frame]) -> None:
+        count, size = self.held
+        self.held = (count - len(frames), size - sum(len(f.body) for f in frames))
 
     def on_disconnect(self, frame: Frame) -> None:
         # Everything before it in this read was handled already; the receipt follows in handle().
@@ -739,6 +751,7 @@ class Broker:
                 queue.messages.append(
                     QueuedMessage(stored.message_id, stored.destination, stored.headers, stored.body, stored.redelivered)
                 )
+                queue.size += len(stored.body)
                 restored += 1
             if restored:
                 logger.info("Restored %d queued messages from %s", restored, config.data_file)
@@ -901,6 +914,7 @@ class Broker:
                 if store is not None:
                     store.mark_redelivered(msg.id)
             queue.messages.appendleft(msg)
+            queue.size += len(msg.body)
         self.n_redelivered += len(messages)
         if queue.name not in self.queues:
             self.queues[queue.name] = queue
@@ -951,18 +965,23 @@ class Broker:
                         self._store.add(msg.id, destination, msg.headers, body)
                     self._deliver_queued(sub, msg)
                     return
-            if len(queue.messages) >= self.config.max_queue_messages:
+            config = self.config
+            while queue.messages and (
+                len(queue.messages) >= config.max_queue_messages or queue.size + len(body) > config.max_queue_bytes
+            ):
                 self.n_overflows += 1
-                if self.config.queue_overflow is QueueOverflow.REJECT:
+                if config.queue_overflow is QueueOverflow.REJECT:
                     logger.warning("Queue %s is full (%d messages): SEND refused", destination, len(queue.messages))
                     raise BrokerError(
                         f"Queue {destination} is full ({len(queue.messages)} messages waiting): message refused"
                     )
                 dropped = queue.messages.popleft()
+                queue.size -= len(dropped.body)
                 logger.warning("Queue %s is full: dropped its oldest message %s", destination, dropped.id)
                 if self._store is not None:
                     self._store.remove(dropped.id)
             queue.messages.append(msg)
+            queue.size += len(body)
             if self._store is not None:
                 self._store.add(msg.id, destination, msg.headers, body)
             if self.sender is not None:
@@ -1040,7 +1059,9 @@ class Broker:
             sub = queue.pick()
             if sub is None:
                 return
-            self._deliver_queued(sub, messages.popleft())
+            msg = messages.popleft()
+            queue.size -= len(msg.body)
+            self._deliver_queued(sub, msg)
 
     def settle(self, sub: Subscription, ack_id: str, requeue: bool) -> None:
         """ACK (or NACK when requeue) one delivery; in client mode, every earlier one too."""

@@ -106,9 +106,9 @@ def start_broker():
     """Start brokers with a given configuration; all stopped at the end."""
     running: list[BrokerThread] = []
 
-    def start(**config) -> BrokerThread:
+    def start(use_uvloop: bool = True, **config) -> BrokerThread:
         config.setdefault("close_timeout", 2.0)
-        broker = BrokerThread(BrokerConfig(**config)).start()
+        broker = BrokerThread(BrokerConfig(**config), use_uvloop=use_uvloop).start()
         running.append(broker)
         return broker
 
@@ -575,6 +575,30 @@ def test_a_committed_ack_acknowledges_the_message(embedded_broker, clients):
     assert embedded_broker.stats().messages_acked == 1
 
 
+def test_transactions_hold_a_bounded_number_of_frames(start_broker, clients):
+    broker = start_broker(max_transaction_frames=3)
+    client = clients(broker.port)
+    client.send(b"BEGIN\ntransaction:t\n\n\x00" + b"SEND\ndestination:/queue/t\ntransaction:t\n\nx\x00" * 4)
+    assert client.frame().get("message") == "Open transactions hold more than 3 frames or 16777216 bytes"
+
+
+def test_a_queue_is_bounded_in_bytes_too(start_broker, clients):
+    broker = start_broker(max_queue_bytes=10)
+    client = clients(broker.port)
+    send(client, "/queue/b", b"123456")
+    send(client, "/queue/b", b"123456")
+    assert client.frame().get("message") == "Queue /queue/b is full (1 messages waiting): message refused"
+
+
+def test_subscriptions_per_connection_are_bounded(start_broker, clients):
+    broker = start_broker(max_subscriptions=2)
+    client = clients(broker.port)
+    subscribe(client, "/topic/a", "1")
+    subscribe(client, "/topic/a", "2")
+    client.send(b"SUBSCRIBE\ndestination:/topic/a\nid:3\n\n\x00")
+    assert client.frame().get("message") == "Too many subscriptions: at most 2 per connection"
+
+
 def test_an_unknown_transaction_gets_an_error(embedded_broker, clients):
     client = clients(embedded_broker.port)
     client.send(b"COMMIT\ntransaction:nope\n\n\x00")
@@ -700,8 +724,9 @@ def test_an_unexpected_exception_becomes_a_generic_error_without_internals(embed
 # --- Backpressure ---------------------------------------------------------------------------
 
 
-def test_a_subscriber_that_stops_reading_is_disconnected_and_the_others_lose_nothing(start_broker, clients):
-    broker = start_broker(output_high_water=32 * 1024, slow_consumer_timeout=0.5)
+@pytest.mark.parametrize("use_uvloop", [True, False], ids=["uvloop", "asyncio"])
+def test_a_subscriber_that_stops_reading_is_disconnected_and_the_others_lose_nothing(start_broker, clients, use_uvloop):
+    broker = start_broker(use_uvloop, output_high_water=32 * 1024, slow_consumer_timeout=0.5)
     stuck = RawClient(broker.port)
     stuck.connect()
     stuck.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -797,3 +822,12 @@ def test_close_is_idempotent(start_broker):
 
 def test_the_fixture_gives_a_stomp_url_on_a_free_loopback_port(embedded_broker):
     assert embedded_broker.url == f"stomp://127.0.0.1:{embedded_broker.port}" and embedded_broker.port > 0
+
+
+def test_the_broker_serves_on_asyncios_default_loop_too(start_broker, clients):
+    broker = start_broker(use_uvloop=False)
+    consumer = clients(broker.port)
+    subscribe(consumer, "/queue/plain", ack="client-individual")
+    send(clients(broker.port), "/queue/plain", b"x")
+    consumer.send(b"ACK\nid:%s\nreceipt:a\n\n\x00" % consumer.frame().get("ack").encode())
+    assert consumer.frame().get("receipt-id") == "a"
