@@ -330,6 +330,9 @@ class Conn(asyncio.Protocol):
         self.closed = False
         self.paused = False
         self.resume: asyncio.Future | None = None
+        # --verify: every counted frame is also parsed, and only MESSAGEs with the body sent count.
+        self.verify: bytes | None = None
+        self.verified = 0
 
     # asyncio.Protocol
     def connection_made(self, transport) -> None:
@@ -354,6 +357,8 @@ class Conn(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.mode == "count":
+            if self.verify is not None:
+                self._verify(data)
             n = data.count(0)
             if self.ack:
                 self._ack(data)
@@ -382,6 +387,12 @@ class Conn(asyncio.Protocol):
             self.frames.append(event)
         if self.frames and self.frame_waiter is not None and not self.frame_waiter.done():
             self.frame_waiter.set_result(None)
+
+    def _verify(self, data: bytes) -> None:
+        self.parser.receive_data(data)
+        for event in self.parser.events_received():
+            if event is not HEARTBEAT and event.command == "MESSAGE" and event.body == self.verify:
+                self.verified += 1
 
     def _ack(self, data: bytes) -> None:
         buf = self.tail + data
@@ -554,6 +565,7 @@ class Settings:
     messages_d: int = 50
     latency_seconds: float = 3.0
     cell_timeout: float = 30.0
+    verify: bool = False
     run_id: str = field(default_factory=lambda: f"{os.getpid()}")
 
 
@@ -574,17 +586,22 @@ async def throughput(broker: BrokerUnderTest, destination: str, subscribers: int
         if producer is None:
             producer = await connect(broker)
         conns.append(producer)
+        body = b"x" * BODY_SIZE
         for conn in sub_conns:
             conn.count_mode(messages)
+            if settings.verify:
+                conn.verify = body
             if ack != "auto":
                 conn.enable_acks(conn_sub_id(sub_conns, conn))
-        body = b"x" * BODY_SIZE
         started = time.perf_counter()
         deadline = started + settings.cell_timeout
         await send_bulk(producer, send_frame_bytes(destination, body), messages)
         received, last_at, note = await wait_counts(sub_conns, messages, deadline)
         if producer.error:
             note = f"{note} producer: {producer.error}"[:200].strip()
+        if settings.verify:
+            verified = sum(c.verified for c in sub_conns)
+            note = f"{note} verified {verified} MESSAGE frames".strip()
         expected = messages * len(sub_conns)
         rate = received / (last_at - started) if received and last_at > started else 0.0
         unit = "deliveries/s" if len(sub_conns) > 1 else "msgs/s"
@@ -918,6 +935,9 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"connections in scenario d (default {MANY_CONNECTIONS})")
     parser.add_argument("--embedded-loop", choices=["runner", "asyncio", "uvloop"], default="runner",
                         help="how the embedded broker runs: its own runner (default), or its API on a given loop")
+    parser.add_argument("--verify", action="store_true",
+                        help="also parse every delivery with the codec and count MESSAGE frames with the body sent"
+                             " (slower: a check that counting NUL bytes counts messages)")
     parser.add_argument("--cell-timeout", type=float, default=30.0, help="bound on one cell, seconds")
     parser.add_argument("--serve-sink", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -935,7 +955,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings(
         messages_a=max(100, int(20_000 * s)), messages_b=max(10, int(1_000 * s)),
         messages_c=max(100, int(10_000 * s)), messages_d=max(5, int(50 * s)),
-        latency_seconds=args.latency_seconds, cell_timeout=args.cell_timeout,
+        latency_seconds=args.latency_seconds, cell_timeout=args.cell_timeout, verify=args.verify,
     )
     print(f"messages: a={settings.messages_a} b={settings.messages_b}x{FANOUT_SUBSCRIBERS} "
           f"c={settings.messages_c} d={settings.messages_d}x{MANY_CONNECTIONS} e={settings.latency_seconds:g}s"
