@@ -146,7 +146,7 @@ def test_a_new_job_starts_on_the_wakeup_long_before_the_next_poll(broker):
             time.sleep(0.01)
         time.sleep(0.2)  # let the SUBSCRIBE reach the broker (the publisher sends it first anyway)
         result = jobs_tasks.add.enqueue(1, 2)
-        while Job.objects.get(pk=result.id).started_at is None and time.monotonic() < deadline + 10:
+        while not Job.objects.get(pk=result.id).is_final and time.monotonic() < deadline + 10:
             time.sleep(0.005)
     finally:
         worker.stop(force=True)
