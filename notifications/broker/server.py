@@ -25,6 +25,7 @@ import itertools
 import logging
 import os
 import secrets
+import socket
 from collections import deque
 from collections.abc import Awaitable, Callable
 
@@ -216,6 +217,13 @@ class Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         broker = self.broker
         transport.set_write_buffer_limits(high=broker.config.output_high_water)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                # Frames are written whole, once per loop turn: Nagle would only add latency.
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except (OSError, AttributeError):
+                pass
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         if broker.closing:

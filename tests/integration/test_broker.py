@@ -430,6 +430,16 @@ def test_a_body_with_nul_bytes_is_delivered_whole(embedded_broker, clients):
     assert frames[0].body == b"a\x00b" and frames[0].get("content-length") == "3"
 
 
+def test_a_frame_written_one_byte_at_a_time_is_handled(embedded_broker, clients):
+    receiver = clients(embedded_broker.port)
+    subscribe(receiver, "/queue/slow")
+    sender = clients(embedded_broker.port)
+    sender.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    for byte in b"SEND\r\ndestination:/queue/slow\r\ncontent-length:3\r\n\r\na\nb\x00":
+        sender.send(bytes([byte]))
+    assert receiver.frame().body == b"a\nb"
+
+
 def test_unsubscribe_stops_delivery(embedded_broker, clients):
     client = clients(embedded_broker.port)
     subscribe(client, "/topic/u", "x")
