@@ -136,8 +136,28 @@ class FrameParser:
                     events.append(HEARTBEAT)
                     pos += 2
                     continue
-                header_end, body_start = self._find_header_end(buf, pos, n)
-                if header_end < 0:
+                # Where the headers end: search the line-end style the peer used last first,
+                # then the other one only up to it, so a 64 KiB read of small frames is never
+                # scanned end to end once per frame.
+                start = pos + self._hscan
+                limit = pos + max_frame
+                if limit > n:
+                    limit = n
+                if self._crlf:
+                    b = buf.find(b"\n\r\n", start, limit)
+                    a = buf.find(b"\n\n", start, b + 2 if b >= 0 else limit)
+                else:
+                    a = buf.find(b"\n\n", start, limit)
+                    b = buf.find(b"\n\r\n", start, a + 1 if a >= 0 else limit) if a != start else -1
+                if a >= 0 and (b < 0 or a < b):
+                    self._crlf = False
+                    header_end = a
+                    body_start = a + 2
+                elif b >= 0:
+                    self._crlf = True
+                    header_end = b
+                    body_start = b + 3
+                else:
                     self._check_incomplete_headers(buf, pos, n)
                     self._hscan = max(0, n - pos - 2)
                     break
@@ -172,26 +192,6 @@ class FrameParser:
             events.append(Frame(command, headers, body))
             pos = end + 1
         return pos
-
-    def _find_header_end(self, buf: bytes | bytearray, pos: int, n: int) -> tuple[int, int]:
-        """(end of the header text, start of the body), or (-1, -1) when not all arrived yet."""
-        start = pos + self._hscan
-        limit = min(n, pos + self.limits.max_frame_size)
-        # Search the line-end style the peer used last first, then the other one only up to it,
-        # so a 64 KiB read of small frames is never scanned end to end once per frame.
-        if self._crlf:
-            b = buf.find(b"\n\r\n", start, limit)
-            a = buf.find(b"\n\n", start, b + 2 if b >= 0 else limit)
-        else:
-            a = buf.find(b"\n\n", start, limit)
-            b = buf.find(b"\n\r\n", start, a + 1 if a >= 0 else limit)
-        if a >= 0 and (b < 0 or a < b):
-            self._crlf = False
-            return a, a + 2
-        if b >= 0:
-            self._crlf = True
-            return b, b + 3
-        return -1, -1
 
     def _check_incomplete_headers(self, buf: bytes | bytearray, pos: int, n: int) -> None:
         """Fail early on garbage and on header blocks that could only grow past the limits."""
@@ -236,7 +236,6 @@ class FrameParser:
                     raise RemoteProtocolError(
                         f"Header line is over the limit of {limits.max_header_line} bytes"
                     )
-        escaped = self.version != "1.0" and command not in UNESCAPED_COMMANDS
         parts = [line.partition(":") for line in lines[1:]]
         headers = [(name, value) for name, sep, value in parts if sep and name]
         if len(headers) != len(parts):
@@ -246,10 +245,10 @@ class FrameParser:
                     raise RemoteProtocolError(f"Header line without a colon: {_short(line)}")
                 if not name:
                     raise RemoteProtocolError(f"Header line with an empty name: {_short(line)}")
-        if escaped and "\\" in text:
+        if "\\" in text and self.version != "1.0" and command not in UNESCAPED_COMMANDS:
             headers = [(unescape(name), unescape(value)) for name, value in headers]
         length: int | None = None
-        if "content-length" in text:
+        if "content-length:" in text:
             for name, value in headers:
                 if name == "content-length":
                     length = self._content_length(value)
