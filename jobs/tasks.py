@@ -25,6 +25,7 @@ import socket
 import sys
 import threading
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -209,11 +210,14 @@ def _section_settings() -> ReportSection:
     lines.append("Sanity: " + ("no problems found" if not problems else f"{len(problems)} problem(s)"))
     lines += [f"  - {p}" for p in problems]
     lines.append("")
-    lines.append("All settings (secrets masked):")
+    lines.append("Settings set by this project, as `manage.py diffsettings` lists them (secrets masked):")
     for name in sorted(dir(settings)):
-        if not name.isupper():
+        if not name.isupper() or not settings.is_overridden(name):
             continue
-        value = mask_secrets(getattr(settings, name), name)
+        with warnings.catch_warnings():
+            # Reading a deprecated setting warns; the report only shows it.
+            warnings.simplefilter("ignore")
+            value = mask_secrets(getattr(settings, name), name)
         lines.append(f"  {name} = {value!r}")
     summary = "settings look sane" if not problems else f"{len(problems)} settings problem(s)"
     return ReportSection("Settings", tuple(lines), summary)

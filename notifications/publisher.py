@@ -157,6 +157,8 @@ class Publisher:
         if url is None:
             url = conf.get("BROKER_URL")
         self.url: conf.BrokerURL = conf.parse_broker_url(url) if isinstance(url, str) else url
+        # Logs get this text (password masked), never the BrokerURL whose repr shows the passcode.
+        self._where = str(self.url)
         self.buffer_size = int(buffer_size if buffer_size is not None else conf.get("PUBLISHER_BUFFER"))
         if self.buffer_size < 1:
             raise ValueError(f"PUBLISHER_BUFFER must be at least 1, not {self.buffer_size}")
@@ -269,7 +271,7 @@ class Publisher:
             logger.warning(
                 "STOMP publisher buffer full (%d messages) while connected to %s: dropping the oldest",
                 self.buffer_size,
-                self.url,
+                self._where,
             )
 
     def flush(self, timeout: float) -> bool:
@@ -499,7 +501,7 @@ class Publisher:
     def _note_outage(self, reason: str) -> None:
         with self._cond:
             if self._outage_since is not None or self._closing:
-                logger.debug("STOMP broker %s still unreachable: %s", self.url, reason)
+                logger.debug("STOMP broker %s still unreachable: %s", self._where, reason)
                 return
             self._outage_since = time.monotonic()
             self._outage_dropped = 0
@@ -508,7 +510,7 @@ class Publisher:
         logger.warning(
             "STOMP broker %s unreachable (%s); buffering up to %d messages (%d waiting), "
             "retrying every %g-%g s",
-            self.url,
+            self._where,
             reason,
             self.buffer_size,
             waiting,
@@ -523,11 +525,11 @@ class Publisher:
             waiting = len(self._pending) + len(self._in_flight)
             self._overflow_logged = False
         if since is None:
-            logger.debug("Connected to STOMP broker %s", self.url)
+            logger.debug("Connected to STOMP broker %s", self._where)
             return
         logger.info(
             "STOMP broker %s back after %.1f s; sending %d buffered messages (%d dropped while it was away)",
-            self.url,
+            self._where,
             time.monotonic() - since,
             waiting,
             dropped,
@@ -549,7 +551,7 @@ class Publisher:
         else:
             # After an ERROR frame the broker closes the connection (STOMP 1.2); the resulting
             # disconnect re-sends whatever was not acknowledged.
-            logger.error("STOMP broker %s sent an ERROR frame: %s", self.url, message.strip())
+            logger.error("STOMP broker %s sent an ERROR frame: %s", self._where, message.strip())
             self._on_lost(generation, f"ERROR frame: {message.strip()}")
 
     def _on_receipt(self, generation: int, receipt_id: str) -> None:
@@ -664,16 +666,39 @@ def _flush_at_exit() -> None:
     if publisher is None or publisher._pid != os.getpid():
         return
     try:
-        if not publisher.flush(ATEXIT_FLUSH_TIMEOUT):
+        # Waiting only helps while connected; in an outage (already logged once) exit at once.
+        if publisher.connected and not publisher.flush(ATEXIT_FLUSH_TIMEOUT):
             stats = publisher.stats()
             logger.warning(
                 "Exiting with %d STOMP messages not confirmed by the broker %s",
                 stats.pending + stats.in_flight,
-                publisher.url,
+                publisher._where,
             )
         publisher.close(timeout=1.0)
     except Exception:
         pass
+
+
+def _on_setting_changed(*, setting: str, **kwargs) -> None:
+    # Tests (and anything else overriding settings) get a publisher for the new broker URL.
+    global _publisher
+    if setting != "NOTIFICATIONS":
+        return
+    with _singleton_lock:
+        old, _publisher = _publisher, None
+    if old is not None and old._pid == os.getpid():
+        old.close(timeout=1.0)
+
+
+def _connect_setting_changed() -> None:
+    try:
+        from django.core.signals import setting_changed
+    except ImportError:
+        return
+    setting_changed.connect(_on_setting_changed, dispatch_uid="notifications.publisher.setting_changed")
+
+
+_connect_setting_changed()
 
 
 def _after_fork_in_child() -> None:

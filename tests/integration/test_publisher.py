@@ -26,15 +26,10 @@ pytestmark = pytest.mark.timeout(60)
 LOGGER = "notifications.publisher"
 
 
-@pytest.fixture(params=["embedded", "rabbitmq"])
-def broker_url(request) -> str:
-    """A real broker: the embedded one (when present in this tree) and RabbitMQ."""
-    if request.param == "embedded":
-        try:
-            return request.getfixturevalue("embedded_broker").url
-        except pytest.FixtureLookupError:
-            pytest.skip("the embedded broker fixture is not available in this tree yet")
-    return request.getfixturevalue("rabbitmq_stomp_url")
+@pytest.fixture
+def broker_url(stomp_broker_url) -> str:
+    """A real broker: each test runs on the embedded broker and on RabbitMQ."""
+    return stomp_broker_url
 
 
 def with_credentials(url: str, port: int) -> str:
