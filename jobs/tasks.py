@@ -419,7 +419,18 @@ def _after_step(section: ReportSection) -> None:
     log(f"{section.title}: {section.summary}")
 
 
-@task(queue_name="reports")
+def _report_queue() -> str:
+    """"reports" when the default backend serves it (the project's settings), else a queue it does
+    serve: importing this module (the admin does) must never fail on another project's TASKS."""
+    from django.conf import settings
+
+    queues = list((getattr(settings, "TASKS", {}) or {}).get("default", {}).get("QUEUES", ["default"]) or [])
+    if not queues or "reports" in queues:
+        return "reports"
+    return "default" if "default" in queues else queues[0]
+
+
+@task(queue_name=_report_queue())
 def debug_report() -> dict[str, Any]:
     """Collect versions, packages, settings sanity, database and broker checks and recent logs
     into a downloadable text file, step by step."""
