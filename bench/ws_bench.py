@@ -1,0 +1,540 @@
+"""Live job events to WebSocket clients: this project's path against Channels' group messaging.
+
+Run by hand (never in tests), from the repository root:
+
+    .venv/bin/python bench/ws_bench.py                 # both systems, defaults of the issue
+    .venv/bin/python bench/ws_bench.py --systems ours --seconds 10
+
+For each system, one daphne process gets IDLE idle WebSocket clients (a page open with its
+notifications subscribed) and WATCH clients watching one job; the job reports RATE progress
+events per second for SECONDS, pauses, then reports BURST events as fast as it can and ends.
+
+- ours: the real path. A task in `manage.py jobworker` calls report_progress(); the worker
+  writes the row and publishes over STOMP (embedded broker); daphne's hub relays to the
+  STOMP-over-WebSocket consumer; clients speak STOMP 1.2 (parsed with notifications.codec).
+- reference: channels_redis on the local Redis; a producer process group_sends the same
+  event JSON to the job's group; bench/ws_reference.py relays group messages as text frames.
+
+Latency is from the producer's call (report_progress / group_send; the time travels in the
+event's message) to receipt by the client, over every delivery of the steady phase. Memory
+per idle connection is the growth of daphne's RSS while the idle clients connect, divided by
+their number. Results go to stdout as Markdown (paste into bench/RESULTS-ws.md) and JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
+PYTHON = sys.executable
+SUBPROTOCOLS = ["v12.stomp", "v11.stomp", "v10.stomp"]
+# Connections opened at once by one client process (daphne's accept backlog is finite).
+CONNECT_CONCURRENCY = 50
+START_TIMEOUT = 60.0
+
+
+# ---------------------------------------------------------------- client side (a subprocess)
+
+
+def _latency(message: str, now: float) -> tuple[str, float] | None:
+    parts = (message or "").split(" ")
+    if len(parts) != 2 or parts[0] not in {"s", "b"}:
+        return None
+    try:
+        return parts[0], now - float(parts[1])
+    except ValueError:
+        return None
+
+
+class Watcher:
+    """What one watching connection saw."""
+
+    def __init__(self) -> None:
+        self.latencies: list[float] = []
+        self.steady_done: set[int] = set()
+        self.burst_events = 0
+        self.last: dict | None = None
+        self.final = asyncio.Event()
+
+    def on_event(self, event: dict, now: float) -> None:
+        if event.get("type") != "job":
+            return
+        if self.last is not None and event.get("seq", 0) <= self.last.get("seq", 0):
+            return  # an older state after a newer one: a client drops it (never seen here so far)
+        self.last = event
+        seen = _latency(event.get("message", ""), now)
+        if seen is not None:
+            phase, latency = seen
+            if phase == "s":
+                self.latencies.append(latency)
+                self.steady_done.add(event["progress"]["done"])
+            else:
+                self.burst_events += 1
+        if event.get("final"):
+            self.final.set()
+
+
+async def _until_ready(reader: asyncio.Task, ready: asyncio.Future) -> None:
+    await asyncio.wait({reader, ready}, timeout=START_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
+    if not ready.done():
+        reader.cancel()
+        if reader.done() and not reader.cancelled() and reader.exception() is not None:
+            raise reader.exception()
+        raise TimeoutError("not subscribed in time")
+
+
+async def _stomp_connection(url: str, headers: dict, destination: str, watcher: Watcher | None,
+                            hold: asyncio.Event, limiter: asyncio.Semaphore) -> None:
+    from websockets.asyncio.client import connect
+
+    from notifications.codec import Frame, FrameParser, encode_frame
+
+    async with limiter:
+        ws = await connect(
+            url, subprotocols=SUBPROTOCOLS, additional_headers=headers, compression=None, max_size=None,
+            ping_interval=None, open_timeout=START_TIMEOUT,
+        )
+        parser = FrameParser()
+        ready = asyncio.get_running_loop().create_future()
+
+        async def read() -> None:
+            async for data in ws:
+                parser.receive_data(data.encode() if isinstance(data, str) else data)
+                now = time.time()
+                for frame in parser.events_received():
+                    if not isinstance(frame, Frame):
+                        continue  # a heart-beat
+                    if frame.command == "ERROR":
+                        raise RuntimeError(f"ERROR frame: {frame.get('message')}")
+                    if frame.command == "RECEIPT" and not ready.done():
+                        ready.set_result(True)
+                    elif frame.command == "MESSAGE" and watcher is not None:
+                        watcher.on_event(json.loads(frame.body), now)
+
+        await ws.send(encode_frame(Frame("CONNECT", (("accept-version", "1.2"), ("host", "127.0.0.1"), ("heart-beat", "0,0")))))
+        await ws.send(encode_frame(Frame("SUBSCRIBE", (("id", "0"), ("destination", destination), ("receipt", "sub")))))
+        reader = asyncio.create_task(read())
+        await _until_ready(reader, ready)
+    _connected.append(1)
+    try:
+        await hold.wait()
+    finally:
+        reader.cancel()
+        await ws.close()
+
+
+async def _ref_connection(url: str, watcher: Watcher | None, hold: asyncio.Event, limiter: asyncio.Semaphore) -> None:
+    from websockets.asyncio.client import connect
+
+    async with limiter:
+        ws = await connect(url, compression=None, max_size=None, ping_interval=None, open_timeout=START_TIMEOUT)
+
+    async def read() -> None:
+        async for data in ws:
+            if watcher is not None:
+                watcher.on_event(json.loads(data), time.time())
+
+    reader = asyncio.create_task(read())
+    _connected.append(1)
+    try:
+        await hold.wait()
+    finally:
+        reader.cancel()
+        await ws.close()
+
+
+_connected: list[int] = []
+
+
+async def run_clients(args) -> dict:
+    hold = asyncio.Event()
+    watchers = [Watcher() for _ in range(args.watch)]
+    limiter = asyncio.Semaphore(CONNECT_CONCURRENCY)
+    errors: list[str] = []
+    headers = {"Cookie": f"sessionid={args.session}", "Origin": args.origin} if args.session else {}
+
+    async def one(i: int, watcher: Watcher | None) -> None:
+        try:
+            if args.mode == "stomp":
+                dest = f"/topic/jobs.{args.job}" if watcher is not None else "/user/queue/notifications"
+                await _stomp_connection(args.url, headers, dest, watcher, hold, limiter)
+            else:
+                query = f"?job={args.job}" if watcher is not None else f"?user={i}"
+                await _ref_connection(args.url + query, watcher, hold, limiter)
+        except Exception as exc:  # counted and reported: a benchmark records failures, it does not hide them
+            errors.append(f"{type(exc).__name__}: {exc}")
+
+    tasks = []
+    for i in range(args.idle):
+        tasks.append(asyncio.create_task(one(i, None)))
+    for w in watchers:
+        tasks.append(asyncio.create_task(one(0, w)))
+    deadline = time.monotonic() + START_TIMEOUT * 2
+    while len(_connected) + len(errors) < len(tasks) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    print(json.dumps({"ready": len(_connected), "errors": len(errors)}), flush=True)
+    if args.watch:
+        try:
+            await asyncio.wait_for(asyncio.gather(*(w.final.wait() for w in watchers)), args.timeout)
+        except TimeoutError:
+            pass
+        await asyncio.sleep(0.5)  # let anything after the final event arrive (it would be a bug)
+    else:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+    hold.set()
+    await asyncio.wait(tasks, timeout=10)
+    return {
+        "connected": len(_connected),
+        "errors": errors[:5],
+        "error_count": len(errors),
+        "latencies": [round(x, 6) for w in watchers for x in w.latencies],
+        "steady_received": [len(w.steady_done) for w in watchers],
+        "burst_received": [w.burst_events for w in watchers],
+        "final_seen": sum(1 for w in watchers if w.final.is_set()),
+        "last_status": sorted({(w.last or {}).get("status", "none") for w in watchers}),
+        "last_done": sorted({((w.last or {}).get("progress") or {}).get("done", -1) for w in watchers}),
+    }
+
+
+def clients_main(args) -> None:
+    sys.path[:0] = [str(ROOT)]
+    if args.mode == "stomp":
+        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
+    result = asyncio.run(run_clients(args))
+    print(json.dumps({"result": result}), flush=True)
+
+
+# ---------------------------------------------------------------- reference producer (a subprocess)
+
+
+def ref_event(job: str, seq: int, done: int, total: int, message: str, final: bool) -> dict:
+    """The same fields as this project's job event (contract 5), so both carry the same bytes."""
+    now = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
+    return {
+        "type": "job", "id": job, "seq": seq, "task": "ws_bench_tasks.ticker", "name": "Ticker",
+        "status": "SUCCESSFUL" if final else "RUNNING", "final": final, "queue": "default", "owner_id": 1,
+        "progress": {"done": done, "total": total, "percent": round(100.0 * done / total, 1)},
+        "message": message, "log": [], "error": None, "result_url": None, "cancel_requested": False,
+        "attempts": 1, "max_attempts": 1, "enqueued_at": now, "started_at": now, "finished_at": now if final else None,
+    }
+
+
+def ref_produce_main(args) -> None:
+    sys.path[:0] = [str(BENCH)]
+    import ws_reference  # noqa: F401  (configures Django and the channel layer)
+    from channels.layers import get_channel_layer
+
+    async def produce() -> None:
+        layer = get_channel_layer()
+        group = f"job.{args.job}"
+        steady = int(args.rate * args.seconds)
+        total = steady + args.burst
+        seq = 0
+        start = time.perf_counter()
+        for i in range(steady):
+            delay = start + i / args.rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            seq += 1
+            text = json.dumps(ref_event(args.job, seq, i + 1, total, f"s {time.time():.6f}", False))
+            await layer.group_send(group, {"type": "job.event", "text": text})
+        await asyncio.sleep(args.pause)
+        for i in range(args.burst):
+            seq += 1
+            text = json.dumps(ref_event(args.job, seq, steady + i + 1, total, f"b {time.time():.6f}", False))
+            await layer.group_send(group, {"type": "job.event", "text": text})
+        seq += 1
+        text = json.dumps(ref_event(args.job, seq, total, total, "done", True))
+        await layer.group_send(group, {"type": "job.event", "text": text})
+
+    asyncio.run(produce())
+
+
+# ---------------------------------------------------------------- orchestration
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"port {port} did not open")
+
+
+class Procs:
+    def __init__(self, logdir: Path) -> None:
+        self.logdir = logdir
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, name: str, cmd: list[str], env: dict, **kw) -> subprocess.Popen:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=open(self.logdir / f"{name}.log", "wb"), **kw)
+        self.procs.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in reversed(self.procs):
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout=5)
+
+
+def read_json_line(proc: subprocess.Popen, key: str, timeout: float) -> dict:
+    """The first JSON line of the process's stdout that has `key` (bounded by `timeout`)."""
+    import selectors
+
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not sel.select(timeout=max(0.0, deadline - time.monotonic())):
+            break
+        line = proc.stdout.readline()
+        if not line:
+            break
+        try:
+            data = json.loads(line)
+        except ValueError:
+            continue
+        if key in data:
+            return data
+    raise TimeoutError(f"no {key!r} line from {proc.args[:4]} within {timeout}s")
+
+
+def client_cmd(mode: str, url: str, *, idle: int = 0, watch: int = 0, job: str = "", session: str = "",
+               origin: str = "", timeout: float = 120.0) -> list[str]:
+    return [PYTHON, str(BENCH / "ws_bench.py"), "clients", "--mode", mode, "--url", url, "--idle", str(idle),
+            "--watch", str(watch), "--job", job, "--session", session, "--origin", origin, "--timeout", str(timeout)]
+
+
+def rss(pid: int) -> int:
+    import psutil
+
+    return psutil.Process(pid).memory_info().rss
+
+
+def cpu_seconds(pid: int) -> float:
+    import psutil
+
+    t = psutil.Process(pid).cpu_times()
+    return t.user + t.system
+
+
+def measure(mode: str, url: str, web: subprocess.Popen, procs: Procs, env: dict, args, job: str, session: str,
+            origin: str, start_producer) -> dict:
+    """Connect idle clients (memory), then watchers; run the producer; collect what the watchers saw."""
+    warm = procs.start("warmup", client_cmd(mode, url, idle=5, session=session, origin=origin), env, stdout=subprocess.PIPE, text=True)
+    read_json_line(warm, "ready", START_TIMEOUT * 2)
+    warm.send_signal(signal.SIGTERM)
+    warm.wait(timeout=30)
+    time.sleep(1.0)
+    rss0 = rss(web.pid)
+    idle = procs.start("idle", client_cmd(mode, url, idle=args.idle, session=session, origin=origin), env, stdout=subprocess.PIPE, text=True)
+    idle_ready = read_json_line(idle, "ready", START_TIMEOUT * 4)
+    time.sleep(2.0)
+    rss1 = rss(web.pid)
+    watch = procs.start(
+        "watch", client_cmd(mode, url, watch=args.watch, job=job, session=session, origin=origin, timeout=args.seconds * 4 + 120),
+        env, stdout=subprocess.PIPE, text=True,
+    )
+    watch_ready = read_json_line(watch, "ready", START_TIMEOUT * 2)
+    cpu0 = cpu_seconds(web.pid)
+    started = time.monotonic()
+    start_producer()
+    result = read_json_line(watch, "result", args.seconds * 4 + 180)["result"]
+    elapsed = time.monotonic() - started
+    cpu1 = cpu_seconds(web.pid)
+    idle.send_signal(signal.SIGTERM)
+    idle_result = read_json_line(idle, "result", 60)["result"]
+    lat = sorted(result["latencies"])
+
+    def pct(p: float) -> float | None:
+        if not lat:
+            return None
+        return round(1000 * lat[min(len(lat) - 1, int(p * len(lat)))], 1)
+
+    steady_sent = int(args.rate * args.seconds)
+    return {
+        "idle_connected": idle_ready["ready"], "idle_errors": idle_ready["errors"] + idle_result["error_count"],
+        "watch_connected": watch_ready["ready"], "watch_errors": watch_ready["errors"],
+        "rss_before_mib": round(rss0 / 2**20, 1), "rss_after_idle_mib": round(rss1 / 2**20, 1),
+        "kib_per_idle_connection": round((rss1 - rss0) / 1024 / max(1, idle_ready["ready"]), 1),
+        "deliveries": len(lat), "latency_ms": {"p50": pct(0.50), "p99": pct(0.99), "max": round(1000 * lat[-1], 1) if lat else None,
+                                               "mean": round(1000 * statistics.fmean(lat), 1) if lat else None},
+        "steady_sent_per_watcher": steady_sent,
+        "steady_received_min": min(result["steady_received"], default=0),
+        "steady_received_mean": round(statistics.fmean(result["steady_received"]), 1) if result["steady_received"] else 0,
+        "steady_lost_total": sum(steady_sent - n for n in result["steady_received"]),
+        "burst_sent": args.burst,
+        "burst_received_mean": round(statistics.fmean(result["burst_received"]), 1) if result["burst_received"] else 0,
+        "final_state_seen_by": f"{result['final_seen']}/{args.watch}",
+        "last_status": result["last_status"], "last_done": result["last_done"][:5],
+        "web_cpu_seconds": round(cpu1 - cpu0, 2), "elapsed_s": round(elapsed, 1),
+        "cpu_us_per_delivery": round(1e6 * (cpu1 - cpu0) / max(1, len(lat) + sum(result["burst_received"])), 1),
+        "client_errors": result["errors"],
+    }
+
+
+def run_ours(args, workdir: Path) -> dict:
+    var = workdir / "ours"
+    var.mkdir()
+    procs = Procs(var)
+    broker_port, web_port = free_port(), free_port()
+    env = dict(os.environ)
+    env.update({
+        "DJANGO_SETTINGS_MODULE": "ws_bench_settings", "PYTHONPATH": f"{ROOT}{os.pathsep}{BENCH}",
+        "DATABASE_URL": f"sqlite:///{var / 'db.sqlite3'}", "DJANGO_VAR_DIR": str(var),
+        "STOMP_BROKER_URL": f"stomp://127.0.0.1:{broker_port}", "DJANGO_LOG_LEVEL": "WARNING", "DJANGO_DEBUG": "0",
+    })
+    manage = [PYTHON, str(ROOT / "manage.py")]
+    subprocess.run([*manage, "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env, check=True)
+    setup = subprocess.run([*manage, "shell", "--no-imports", "-c", (
+        "from django.conf import settings\n"
+        "from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model\n"
+        "from django.contrib.sessions.backends.db import SessionStore\n"
+        "from jobs.api import enqueue_for\n"
+        "from ws_bench_tasks import ticker\n"
+        "u = get_user_model().objects.create_user('bench', 'bench@example.com', 'bench-pass')\n"
+        "s = SessionStore(); s[SESSION_KEY] = str(u.pk); s[BACKEND_SESSION_KEY] = settings.AUTHENTICATION_BACKENDS[0]\n"
+        "s[HASH_SESSION_KEY] = u.get_session_auth_hash(); s.create()\n"
+        f"r = enqueue_for(u, ticker, {args.rate}, {args.seconds}, {args.burst})\n"
+        "print(s.session_key, r.id)\n")], cwd=ROOT, env=env, check=True, capture_output=True, text=True)
+    session, job = setup.stdout.split()[-2:]
+    try:
+        broker = procs.start("broker", [*manage, "stompbroker", "--host", "127.0.0.1", "--port", str(broker_port)], env)
+        wait_port(broker_port, broker)
+        web = procs.start("daphne", [PYTHON, "-m", "daphne", "-b", "127.0.0.1", "-p", str(web_port), "project.asgi:application"], env)
+        wait_port(web_port, web)
+        origin = f"http://127.0.0.1:{web_port}"
+        return measure(
+            "stomp", f"ws://127.0.0.1:{web_port}/ws/stomp/", web, procs, env, args, job, session, origin,
+            lambda: procs.start("worker", [*manage, "jobworker", "--concurrency", "1", "--queue", "default"], env),
+        )
+    finally:
+        procs.stop_all()
+
+
+def run_reference(args, workdir: Path) -> dict:
+    var = workdir / "reference"
+    var.mkdir()
+    procs = Procs(var)
+    web_port = free_port()
+    job = str(uuid.uuid4())
+    env = dict(os.environ)
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    env.update({"PYTHONPATH": f"{ROOT}{os.pathsep}{BENCH}", "BENCH_REDIS_PREFIX": f"wsbench{os.getpid()}"})
+    try:
+        web = procs.start("daphne", [PYTHON, "-m", "daphne", "-b", "127.0.0.1", "-p", str(web_port), "ws_reference:application"], env)
+        wait_port(web_port, web)
+        producer = [PYTHON, str(BENCH / "ws_bench.py"), "ref-produce", "--job", job, "--rate", str(args.rate),
+                    "--seconds", str(args.seconds), "--burst", str(args.burst)]
+        return measure(
+            "ref", f"ws://127.0.0.1:{web_port}/", web, procs, env, args, job, "", "",
+            lambda: procs.start("producer", producer, env),
+        )
+    finally:
+        procs.stop_all()
+
+
+def markdown(results: dict, args) -> str:
+    rows = [
+        ("idle connections (connected / errors)", lambda r: f"{r['idle_connected']} / {r['idle_errors']}"),
+        ("watchers (connected / errors)", lambda r: f"{r['watch_connected']} / {r['watch_errors']}"),
+        ("memory per idle connection", lambda r: f"{r['kib_per_idle_connection']} KiB"),
+        ("steady latency p50", lambda r: f"{r['latency_ms']['p50']} ms"),
+        ("steady latency p99", lambda r: f"{r['latency_ms']['p99']} ms"),
+        ("steady latency max", lambda r: f"{r['latency_ms']['max']} ms"),
+        ("steady events lost (all watchers)", lambda r: f"{r['steady_lost_total']} of {r['steady_sent_per_watcher'] * args.watch}"),
+        ("burst events received per watcher (mean)", lambda r: f"{r['burst_received_mean']} of {r['burst_sent']}"),
+        ("final state seen by", lambda r: r["final_state_seen_by"]),
+        ("daphne CPU per delivery", lambda r: f"{r['cpu_us_per_delivery']} µs"),
+    ]
+    names = list(results)
+    out = ["| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for label, fn in rows:
+        out.append(f"| {label} | " + " | ".join(str(fn(results[n])) for n in names) + " |")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command")
+    c = sub.add_parser("clients", help="(internal) run WebSocket clients")
+    c.add_argument("--mode", choices=["stomp", "ref"], required=True)
+    c.add_argument("--url", required=True)
+    c.add_argument("--idle", type=int, default=0)
+    c.add_argument("--watch", type=int, default=0)
+    c.add_argument("--job", default="")
+    c.add_argument("--session", default="")
+    c.add_argument("--origin", default="")
+    c.add_argument("--timeout", type=float, default=120.0)
+    p = sub.add_parser("ref-produce", help="(internal) the reference's producer")
+    p.add_argument("--job", required=True)
+    p.add_argument("--rate", type=float, default=50.0)
+    p.add_argument("--seconds", type=float, default=20.0)
+    p.add_argument("--burst", type=int, default=2000)
+    p.add_argument("--pause", type=float, default=1.0)
+    for target in (parser,):
+        target.add_argument("--systems", default="ours,reference")
+        target.add_argument("--idle", type=int, default=900, help="idle connections (default 900: 1,000 with the watchers)")
+        target.add_argument("--watch", type=int, default=100)
+        target.add_argument("--rate", type=float, default=50.0)
+        target.add_argument("--seconds", type=float, default=20.0)
+        target.add_argument("--burst", type=int, default=2000)
+        target.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+    if args.command == "clients":
+        clients_main(args)
+        return
+    if args.command == "ref-produce":
+        ref_produce_main(args)
+        return
+    workdir = Path(tempfile.mkdtemp(prefix="ws-bench-"))
+    results = {}
+    try:
+        for system in args.systems.split(","):
+            runner = {"ours": run_ours, "reference": run_reference}[system]
+            print(f"running {system}…", file=sys.stderr, flush=True)
+            results[system] = runner(args, workdir)
+            print(json.dumps({system: results[system]}, indent=1), file=sys.stderr, flush=True)
+    finally:
+        print(f"logs in {workdir}", file=sys.stderr)
+    print(markdown(results, args))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    if not os.environ.get("WS_BENCH_KEEP_LOGS"):
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
