@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import os
 import re
 import shutil
@@ -676,7 +677,11 @@ async def scenario_d(broker, settings) -> dict[str, Cell]:
 
         if wanted < MANY_CONNECTIONS:
             shortfall = f"{wanted} connections: the broker's own limit"
+        connect_deadline = started + settings.cell_timeout
         for first in range(0, wanted, CONNECT_CONCURRENCY):
+            if time.perf_counter() > connect_deadline:
+                shortfall = f"only {len(subs)} of {MANY_CONNECTIONS} connections in the {settings.cell_timeout:g} s bound"
+                break
             batch = range(first, min(wanted, first + CONNECT_CONCURRENCY))
             done = await asyncio.gather(*(asyncio.wait_for(one(i), 15.0) for i in batch), return_exceptions=True)
             subs += [c for c in done if isinstance(c, Conn)]
@@ -767,6 +772,10 @@ async def warm_up(broker: BrokerUnderTest, settings: Settings) -> None:
 
 async def bench_broker(broker: BrokerUnderTest, scenarios: list[str], settings: Settings) -> dict[str, Cell]:
     results: dict[str, Cell] = {}
+    # The generator's own pauses would show in every figure, latency first: no cyclic GC while
+    # measuring (reference counting still frees everything these loops allocate).
+    gc.collect()
+    gc.disable()
     await warm_up(broker, settings)
     # d first: memory per connection is read on a broker that has not yet grown (and kept) heap
     # for the bulk traffic of a, b and c, which would hide what connections cost.
@@ -776,6 +785,7 @@ async def bench_broker(broker: BrokerUnderTest, scenarios: list[str], settings: 
             results.update(await SCENARIOS[name](broker, settings))
         except (BenchError, OSError, TimeoutError) as exc:
             results[f"{name}: failed"] = Cell(None, "", note=f"failed: {type(exc).__name__} {str(exc)[:120]}")
+    gc.enable()
         print(f"    {broker.name} {name}: {time.perf_counter() - t:.1f} s", file=sys.stderr, flush=True)
     return results
 
@@ -886,6 +896,7 @@ def render_table(columns: list[str], results: dict[str, dict[str, Cell]], notes:
         for key in results.get(col, {}):
             if key not in rows:
                 rows.append(key)
+    rows.sort(key=lambda key: key[0])  # scenario letter; stable, so d keeps its row order
     header = ["scenario"] + [COLUMN_TITLES[c] for c in columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
