@@ -152,6 +152,7 @@ def spawn(name: str, argv: list[str], port: int, workdir: tempfile.TemporaryDire
 
 
 EMBEDDED_LOOP = "runner"  # set by --embedded-loop
+EMBEDDED_PORT = 0  # set by --embedded-port: use a broker already running there
 
 # The broker through its public API on a chosen event loop, for --embedded-loop asyncio|uvloop.
 EMBEDDED_MAIN = """
@@ -181,6 +182,12 @@ def start_embedded() -> BrokerUnderTest:
     installed), or through its API on the loop --embedded-loop names."""
     workdir = tempfile.TemporaryDirectory(prefix="bench-embedded-")
     port = free_port()
+    if EMBEDDED_PORT:
+        # Already running (for example under a profiler): find its process by the listening port.
+        pid = next((c.pid for c in psutil.net_connections("tcp")
+                    if c.laddr and c.laddr.port == EMBEDDED_PORT and c.status == psutil.CONN_LISTEN), None)
+        rss = process_rss(pid) if pid else (lambda: None)
+        return BrokerUnderTest("embedded", "127.0.0.1", EMBEDDED_PORT, rss=rss, note=f"already running on {EMBEDDED_PORT}")
     if EMBEDDED_LOOP == "runner":
         argv = [sys.executable, "-m", "notifications.broker", "--port", str(port), "--log-level", "WARNING"]
         note = "python -m notifications.broker (uvloop if installed)"
@@ -776,17 +783,19 @@ async def bench_broker(broker: BrokerUnderTest, scenarios: list[str], settings: 
     # measuring (reference counting still frees everything these loops allocate).
     gc.collect()
     gc.disable()
-    await warm_up(broker, settings)
-    # d first: memory per connection is read on a broker that has not yet grown (and kept) heap
-    # for the bulk traffic of a, b and c, which would hide what connections cost.
-    for name in sorted(scenarios, key=lambda n: n != "d"):
-        t = time.perf_counter()
-        try:
-            results.update(await SCENARIOS[name](broker, settings))
-        except (BenchError, OSError, TimeoutError) as exc:
-            results[f"{name}: failed"] = Cell(None, "", note=f"failed: {type(exc).__name__} {str(exc)[:120]}")
-    gc.enable()
-        print(f"    {broker.name} {name}: {time.perf_counter() - t:.1f} s", file=sys.stderr, flush=True)
+    try:
+        await warm_up(broker, settings)
+        # d first: memory per connection is read on a broker that has not yet grown (and kept)
+        # heap for the bulk traffic of a, b and c, which would hide what connections cost.
+        for name in sorted(scenarios, key=lambda n: n != "d"):
+            t = time.perf_counter()
+            try:
+                results.update(await SCENARIOS[name](broker, settings))
+            except (BenchError, OSError, TimeoutError) as exc:
+                results[f"{name}: failed"] = Cell(None, "", note=f"failed: {type(exc).__name__} {str(exc)[:120]}")
+            print(f"    {broker.name} {name}: {time.perf_counter() - t:.1f} s", file=sys.stderr, flush=True)
+    finally:
+        gc.enable()
     return results
 
 
@@ -935,7 +944,7 @@ def target_report(results: dict[str, dict[str, Cell]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    global MANY_CONNECTIONS, EMBEDDED_LOOP
+    global MANY_CONNECTIONS, EMBEDDED_LOOP, EMBEDDED_PORT
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--brokers", default=",".join(ALL_BROKERS),
                         help=f"comma-separated columns, from {','.join(ALL_BROKERS)}")
@@ -949,6 +958,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--verify", action="store_true",
                         help="also parse every delivery with the codec and count MESSAGE frames with the body sent"
                              " (slower: a check that counting NUL bytes counts messages)")
+    parser.add_argument("--embedded-port", type=int, default=0,
+                        help="use an embedded broker already listening on this port (e.g. under py-spy)")
     parser.add_argument("--cell-timeout", type=float, default=30.0, help="bound on one cell, seconds")
     parser.add_argument("--serve-sink", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -963,6 +974,7 @@ def main(argv: list[str] | None = None) -> int:
     s = args.scale
     MANY_CONNECTIONS = args.connections
     EMBEDDED_LOOP = args.embedded_loop
+    EMBEDDED_PORT = args.embedded_port
     settings = Settings(
         messages_a=max(100, int(20_000 * s)), messages_b=max(10, int(1_000 * s)),
         messages_c=max(100, int(10_000 * s)), messages_d=max(5, int(50 * s)),
