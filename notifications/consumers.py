@@ -410,7 +410,7 @@ class StompConsumer(AsyncWebsocketConsumer):
         sub.primed = True
         early, sub.early = sub.early, []
         for event in early:
-            self.mailbox.put((sub, event), self._key(sub, event))
+            self.mailbox.put((sub, event), self._key(sub, event), event.seq)
 
     def _snapshot_data(self, sub: ClientSubscription) -> list[dict]:
         from . import api
@@ -485,11 +485,14 @@ class StompConsumer(AsyncWebsocketConsumer):
                 # Before the snapshot: keep only the latest event per job (bounded by MAX).
                 job_id = event.job_id
                 if job_id is not None:
+                    newer = [e for e in sub.early if e.job_id == job_id and (e.seq or 0) > (event.seq or 0)]
+                    if newer:
+                        continue
                     sub.early = [e for e in sub.early if e.job_id != job_id]
                 if len(sub.early) < MAILBOX_SIZE:
                     sub.early.append(event)
                 continue
-            if not self.mailbox.put((sub, event), self._key(sub, event)):
+            if not self.mailbox.put((sub, event), self._key(sub, event), event.seq):
                 self._schedule_overflow()
                 return
 

@@ -42,6 +42,8 @@ logger = logging.getLogger(__name__)
 # snapshot anyway (a reconnect resends snapshots, so a late subscription only delays events).
 SUBSCRIBE_RECEIPT_TIMEOUT = 5.0
 CONNECT_TIMEOUT = 5.0
+# How long the first subscriber of a new hub waits for its first connection.
+FIRST_CONNECT_WAIT = 3.0
 # Messages published through the hub while the broker is away; the oldest go first past this
 # (every event also lives in the database, which is what clients resync from).
 PUBLISH_BUFFER = 1000
@@ -121,12 +123,16 @@ class Mailbox:
     def __len__(self) -> int:
         return len(self._items)
 
-    def put(self, item: Any, key: Any = None) -> bool:
+    def put(self, item: Any, key: Any = None, rank: int | None = None) -> bool:
+        """Queue ``item``; with a key, it replaces a pending item of that key unless that one
+        has a higher ``rank`` (a job's seq: an older event arriving late never hides a newer one)."""
         if self.overflowed:
             return False
         was_empty = not self._items
         if key is not None and key in self._items:
-            self._items[key] = item
+            pending_rank, _ = self._items[key]
+            if rank is None or pending_rank is None or rank >= pending_rank:
+                self._items[key] = (rank, item)
             self.coalesced += 1
             return True
         if len(self._items) >= self.maxsize:
@@ -135,13 +141,13 @@ class Mailbox:
         if key is None:
             self._counter += 1
             key = ("#", self._counter)
-        self._items[key] = item
+        self._items[key] = (rank, item)
         if was_empty:
             self._on_ready()
         return True
 
     def pop_all(self) -> list[Any]:
-        items = list(self._items.values())
+        items = [item for _, item in self._items.values()]
         self._items.clear()
         return items
 
@@ -237,6 +243,7 @@ class Hub:
         self._publish_buffer = publish_buffer
         self._writer: asyncio.StreamWriter | None = None
         self._connected = asyncio.Event()
+        self._first_attempt = asyncio.Event()  # set once the first connection succeeded or failed
         self._task: asyncio.Task | None = None
         self._closed = False
         self._last_write = 0.0
@@ -302,6 +309,14 @@ class Hub:
         or at once while the broker is away: the listener is told when it is back).
         """
         self.start()
+        if not self._first_attempt.is_set():
+            # The first connection is being made (a new process or loop): wait for it, so the
+            # first subscriber does not read its snapshot before the broker delivers anything.
+            # During an outage return at once instead: the reconnect resync covers the gap.
+            try:
+                await asyncio.wait_for(self._first_attempt.wait(), FIRST_CONNECT_WAIT)
+            except TimeoutError:
+                pass
         sub = self._subs.get(destination)
         if sub is None:
             sub = _BrokerSubscription(sub_id=f"hub-{next(self._ids)}", destination=destination)
@@ -416,6 +431,7 @@ class Hub:
                 logger.exception("STOMP hub session failed")
                 error = type(exc).__name__
             finally:
+                self._first_attempt.set()
                 self._drop_writer()
                 for future in self._receipts.values():
                     if not future.done():
@@ -464,6 +480,7 @@ class Hub:
             self._write(Frame("SEND", tuple(headers), body))
             self.stats.published += 1
         self._connected.set()
+        self._first_attempt.set()
 
         heartbeat_task = asyncio.create_task(self._heartbeat(send_ms)) if send_ms else None
         resync_task = asyncio.create_task(self._resync_after(futures))

@@ -95,6 +95,41 @@ class WsStomp:
                     raise AssertionError("the server closed the WebSocket without a frame")
         return self.frames.pop(0)
 
+    async def next_control_frame(self, timeout: float = 5.0) -> Frame:
+        """The next frame that is not a MESSAGE (RabbitMQ is shared: other tests' events may arrive)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            frame = await self.next_frame(max(0.01, deadline - loop.time()))
+            if frame.command != "MESSAGE":
+                return frame
+
+    async def next_event(self, accept, timeout: float = 5.0) -> dict:
+        """The next MESSAGE whose JSON body satisfies accept(body); others are skipped."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            event = await self.next_message(max(0.01, deadline - loop.time()))
+            if accept(event):
+                return event
+
+    async def events_for(self, seconds: float, accept) -> list[dict]:
+        """Every accepted MESSAGE body arriving within ``seconds`` (without cancelling the app)."""
+        found = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while loop.time() < deadline:
+            if self.frames or not await self.comm.receive_nothing(0.05):
+                if not self.frames:
+                    await self._read(1)
+                while self.frames:
+                    frame = self.frames.pop(0)
+                    if frame.command == "MESSAGE":
+                        event = json.loads(frame.body)
+                        if accept(event):
+                            found.append(event)
+        return found
+
     async def next_message(self, timeout: float = 5.0) -> dict:
         frame = await self.next_frame(timeout)
         assert frame.command == "MESSAGE", (frame.command, frame.headers, frame.body)

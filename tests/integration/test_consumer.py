@@ -276,9 +276,9 @@ async def test_a_user_with_view_job_may_watch_all_jobs(live, worker, alice, staf
     client = await connected_client(staff)
     await client.subscribe(destinations.JOBS_ALL, receipt="sub-all")
     snapshot = await client.next_message()
-    assert (await client.next_frame()).command == "RECEIPT"
+    assert (await client.next_control_frame()).command == "RECEIPT"
     worker.publish(destinations.JOBS_ALL, await advance(job, status="RUNNING"))
-    live_event = await client.next_message()
+    live_event = await client.next_event(lambda e: e.get("id") == str(job.pk))
     assert [(snapshot["id"], snapshot["seq"]), (live_event["id"], live_event["seq"])] == [
         (str(job.pk), 0), (str(job.pk), 1),
     ]
@@ -322,9 +322,9 @@ async def test_my_jobs_delivers_only_the_users_own_jobs(live, worker, alice, bob
     assert (await client.next_message())["name"] == "mine"  # the snapshot: own active jobs
     worker.publish(destinations.JOBS_ALL, await advance(theirs, status="RUNNING"))
     worker.publish(destinations.JOBS_ALL, await advance(mine, status="RUNNING"))
-    event = await client.next_message()
-    assert (event["name"], event["status"]) == ("mine", "RUNNING")
-    assert await client.nothing_more()
+    ours = {str(mine.pk), str(theirs.pk)}
+    events = await client.events_for(1.0, lambda e: e.get("id") in ours)
+    assert [(e["name"], e["status"]) for e in events] == [("mine", "RUNNING")]
     await client.close()
 
 
@@ -449,13 +449,14 @@ async def test_notify_reaches_the_users_socket_and_not_another_users(live, alice
     for ws in (alice_ws, bob_ws):
         await ws.subscribe(destinations.USER_NOTIFICATIONS, receipt="r")
         await ws.next_message()
-        assert (await ws.next_frame()).command == "RECEIPT"
-    await database_sync_to_async(notify)(alice, title="Report ready", level="success", link="/jobs/1/")
-    event = await alice_ws.next_message()
-    assert (event["type"], event["title"], event["level"], event["link"], event["unread"]) == (
-        "notification", "Report ready", "success", "/jobs/1/", 1,
+        assert (await ws.next_control_frame()).command == "RECEIPT"
+    title = f"Report ready {new_uuid()}"
+    await database_sync_to_async(notify)(alice, title=title, level="success", link="/jobs/1/")
+    event = await alice_ws.next_event(lambda e: e.get("title") == title)
+    assert (event["type"], event["level"], event["link"], event["unread"]) == (
+        "notification", "success", "/jobs/1/", 1,
     )
-    assert await bob_ws.nothing_more(0.5)
+    assert await bob_ws.events_for(0.5, lambda e: e.get("title") == title) == []
     await alice_ws.close()
     await bob_ws.close()
 
@@ -467,10 +468,11 @@ async def test_broadcast_reaches_every_users_notifications_subscription(live, al
     for ws in sockets:
         await ws.subscribe(destinations.USER_NOTIFICATIONS, receipt="r")
         await ws.next_message()
-        await ws.next_frame()
-    await database_sync_to_async(broadcast)(title="Maintenance at noon", level="warning")
-    titles = [(await ws.next_message())["title"] for ws in sockets]
-    assert titles == ["Maintenance at noon", "Maintenance at noon"]
+        await ws.next_control_frame()
+    title = f"Maintenance at noon {new_uuid()}"
+    await database_sync_to_async(broadcast)(title=title, level="warning")
+    events = [await ws.next_event(lambda e: e.get("title") == title) for ws in sockets]
+    assert [(e["type"], e["level"], "unread" in e) for e in events] == [("notification", "warning", False)] * 2
     for ws in sockets:
         await ws.close()
 
@@ -483,11 +485,15 @@ async def test_mark_read_by_send_updates_the_database_and_the_counter(live, alic
     client = await connected_client(alice)
     await client.subscribe(destinations.USER_NOTIFICATIONS, receipt="r")
     await client.next_message()
-    await client.next_frame()
+    await client.next_control_frame()
     await client.send("SEND", {"destination": destinations.APP_NOTIFICATION_READ, "receipt": "m"}, json.dumps({"id": first.pk}))
-    frames = [await client.next_frame(), await client.next_frame()]
-    receipt = next(f for f in frames if f.command == "RECEIPT")
-    read_event = json.loads(next(f for f in frames if f.command == "MESSAGE").body)
+    receipt, read_event = None, None
+    while receipt is None or read_event is None:  # the event may overtake the receipt
+        frame = await client.next_frame()
+        if frame.command == "RECEIPT":
+            receipt = frame
+        elif json.loads(frame.body).get("type") == "notifications.read":
+            read_event = json.loads(frame.body)
     assert receipt.get("receipt-id") == "m"
     assert read_event == {"type": "notifications.read", "ids": [first.pk], "unread": 1}
     assert await database_sync_to_async(unread_count)(alice) == 1
@@ -513,7 +519,7 @@ async def test_logging_out_ends_the_subscriptions_of_that_session(live, alice):
         assert browser.post("/logout/").status_code == 302
 
     await database_sync_to_async(log_out)()
-    frame = await client.next_frame(timeout=3)
+    frame = await client.next_control_frame(timeout=3)
     assert (frame.command, frame.get("message")) == ("ERROR", "Session ended (logged out): log in again")
     await client.expect_closed()
 
@@ -525,7 +531,7 @@ async def test_a_session_deleted_elsewhere_ends_the_subscriptions_at_the_next_re
     await client.subscribe(destinations.USER_NOTIFICATIONS)
     await client.next_message()
     await database_sync_to_async(lambda: Session.objects.all().delete())()
-    frame = await client.next_frame(timeout=3)
+    frame = await client.next_control_frame(timeout=3)
     assert (frame.command, frame.get("message")) == ("ERROR", "Session ended (logged out): log in again")
     await client.expect_closed()
 
@@ -533,9 +539,9 @@ async def test_a_session_deleted_elsewhere_ends_the_subscriptions_at_the_next_re
 async def test_losing_view_job_ends_an_all_jobs_subscription(live, staff):
     client = await connected_client(staff)
     await client.subscribe(destinations.JOBS_ALL, receipt="r")
-    assert (await client.next_frame()).command == "RECEIPT"  # no jobs: no snapshot messages
+    assert (await client.next_control_frame()).command == "RECEIPT"
     await database_sync_to_async(lambda: staff.user_permissions.clear())()
-    frame = await client.next_frame(timeout=3)
+    frame = await client.next_control_frame(timeout=3)
     assert (frame.command, frame.get("message"), frame.get("destination")) == (
         "ERROR", "Permission withdrawn for /topic/jobs.all", "/topic/jobs.all",
     )

@@ -143,6 +143,18 @@ async def sender(stomp_broker_url):
     await hub.close()
 
 
+async def test_many_local_listeners_make_one_subscription_at_the_embedded_broker(embedded_broker):
+    hub = Hub(embedded_broker.url)
+    hub.start()
+    try:
+        assert await hub.wait_connected(10)
+        for _ in range(5):
+            await hub.subscribe("/topic/test.refcount", Recorder())
+        assert embedded_broker.stats().subscriptions == 1
+    finally:
+        await hub.close()
+
+
 async def test_many_local_listeners_make_one_broker_subscription(hub, relay):
     listeners = [Recorder() for _ in range(5)]
     for listener in listeners:
@@ -222,8 +234,28 @@ async def test_messages_published_while_the_broker_is_away_are_sent_after_reconn
     assert listener.events[0].data == {"n": 1}
 
 
-async def test_a_silent_broker_is_detected_by_heart_beats_and_replaced(relay, stomp_broker_url):
-    hub = Hub(via(relay, stomp_broker_url), heartbeat_ms=200, reconnect_min=0.05, reconnect_max=0.3)
+@pytest.fixture(params=["embedded", "rabbitmq"])
+def fast_heartbeat_broker_url(request):
+    """A broker that heart-beats every 200 ms when asked (the embedded one is told so)."""
+    if request.param == "rabbitmq":
+        yield request.getfixturevalue("rabbitmq_stomp_url")
+        return
+    from notifications.broker import BrokerConfig, BrokerThread
+
+    broker = BrokerThread(
+        BrokerConfig(host="127.0.0.1", port=0, close_timeout=2.0, heartbeat_send_ms=200, heartbeat_receive_ms=200)
+    ).start()
+    try:
+        yield broker.url
+    finally:
+        broker.stop()
+
+
+async def test_a_silent_broker_is_detected_by_heart_beats_and_replaced(fast_heartbeat_broker_url):
+    target = parse_broker_url(fast_heartbeat_broker_url)
+    relay = Relay(target.host, target.port)
+    await relay.start()
+    hub = Hub(via(relay, fast_heartbeat_broker_url), heartbeat_ms=200, reconnect_min=0.05, reconnect_max=0.3)
     hub.start()
     try:
         assert await hub.wait_connected(15)
@@ -237,6 +269,7 @@ async def test_a_silent_broker_is_detected_by_heart_beats_and_replaced(relay, st
         assert hub.stats.connects == 2
     finally:
         await hub.close()
+        await relay.close()
 
 
 async def test_subscribe_returns_once_the_broker_confirmed_it(hub, relay):
