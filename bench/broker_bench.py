@@ -924,7 +924,7 @@ def target_report(results: dict[str, dict[str, Cell]]) -> str:
         return "targets: the embedded broker was not measured"
     theirs = results.get("activemq", {})
     lines = ["targets for the embedded broker:"]
-    for key, cell in ours.items():
+    for key, cell in sorted(ours.items(), key=lambda item: item[0][0]):
         if cell.unit in {"msgs/s", "deliveries/s"}:
             ref = theirs.get(key)
             if ref is None or ref.value is None:
