@@ -293,7 +293,9 @@ class Procs:
         self.procs: list[subprocess.Popen] = []
 
     def start(self, name: str, cmd: list[str], env: dict, **kw) -> subprocess.Popen:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=open(self.logdir / f"{name}.log", "wb"), **kw)
+        log = open(self.logdir / f"{name}.log", "wb")
+        kw.setdefault("stdout", log)
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=log, **kw)
         self.procs.append(proc)
         return proc
 
@@ -433,7 +435,7 @@ def run_ours(args, workdir: Path) -> dict:
     try:
         broker = procs.start("broker", [*manage, "stompbroker", "--host", "127.0.0.1", "--port", str(broker_port)], env)
         wait_port(broker_port, broker)
-        web = procs.start("daphne", [PYTHON, "-m", "daphne", "-b", "127.0.0.1", "-p", str(web_port), "project.asgi:application"], env)
+        web = procs.start("daphne", [PYTHON, "-m", "daphne", "-b", "127.0.0.1", "-p", str(web_port), "-v", "0", "project.asgi:application"], env)
         wait_port(web_port, web)
         origin = f"http://127.0.0.1:{web_port}"
         return measure(
@@ -454,7 +456,7 @@ def run_reference(args, workdir: Path) -> dict:
     env.pop("DJANGO_SETTINGS_MODULE", None)
     env.update({"PYTHONPATH": f"{ROOT}{os.pathsep}{BENCH}", "BENCH_REDIS_PREFIX": f"wsbench{os.getpid()}"})
     try:
-        web = procs.start("daphne", [PYTHON, "-m", "daphne", "-b", "127.0.0.1", "-p", str(web_port), "ws_reference:application"], env)
+        web = procs.start("daphne", [PYTHON, "-m", "daphne", "-b", "127.0.0.1", "-p", str(web_port), "-v", "0", "ws_reference:application"], env)
         wait_port(web_port, web)
         producer = [PYTHON, str(BENCH / "ws_bench.py"), "ref-produce", "--job", job, "--rate", str(args.rate),
                     "--seconds", str(args.seconds), "--burst", str(args.burst)]
