@@ -132,6 +132,10 @@ class JobBackend(BaseTaskBackend):
     supports_get_result = True
     supports_priority = True
 
+    def __init__(self, alias: str, params: dict) -> None:
+        super().__init__(alias, params)
+        self._variants: dict[tuple, Task] = {}
+
     def validate_task(self, task: Task) -> None:
         if self.queues and task.queue_name not in self.queues:
             raise InvalidTask(
@@ -219,10 +223,18 @@ class JobBackend(BaseTaskBackend):
         return self._to_result(job, task)
 
     def _to_result(self, job: Any, task: Task) -> TaskResult:
-        try:
-            task = task.using(priority=job.priority, queue_name=job.queue, backend=job.backend)
-        except InvalidTask:  # the queue or backend left the settings since: show the task as declared
-            pass
+        # using() re-validates the task (signature inspection): remember the few variants a worker sees.
+        key = (task, job.priority, job.queue, job.backend)
+        variant = self._variants.get(key)
+        if variant is None:
+            try:
+                variant = task.using(priority=job.priority, queue_name=job.queue, backend=job.backend)
+            except InvalidTask:  # the queue or backend left the settings since: show the task as declared
+                variant = task
+            if len(self._variants) > 1000:
+                self._variants.clear()
+            self._variants[key] = variant
+        task = variant
         status = TaskResultStatus.FAILED if job.status == "CANCELLED" else TaskResultStatus(job.status)
         errors = []
         if job.error_type and job.status in {"FAILED", "CANCELLED"}:

@@ -10,7 +10,7 @@ import uuid
 from typing import Any
 
 from django.conf import settings
-from django.db import models, transaction
+from django.db import connections, models, router, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -20,6 +20,57 @@ __all__ = ["Job", "JobStatus", "JobQuerySet"]
 
 # A compare-and-swap loses only to a concurrent writer; a few rounds always suffice in practice.
 _CAS_ROUNDS = 20
+
+
+_CAS_SQL: dict[tuple[str, str, tuple[str, ...]], tuple[str, list]] = {}
+
+
+def _cas_statement(model: type[models.Model], connection: Any, db: str, columns: tuple[str, ...]) -> tuple[str, list]:
+    key = (db, model._meta.db_table, columns)
+    cached = _CAS_SQL.get(key)
+    if cached is None:
+        qn = connection.ops.quote_name
+        fields = [model._meta.get_field(name) for name in columns]
+        assignments = ", ".join(f"{qn(f.column)} = %s" for f in fields)
+        seq_col = qn(model._meta.get_field("seq").column)
+        sql = (
+            f"UPDATE {qn(model._meta.db_table)} SET {assignments}, {seq_col} = %s "
+            f"WHERE {qn(model._meta.pk.column)} = %s AND {seq_col} = %s"
+        )
+        cached = _CAS_SQL[key] = (sql, fields)
+    return cached
+
+
+def _cas_execute(model: type[models.Model], pk: Any, seq: int, changes: dict[str, Any]) -> int:
+    """UPDATE ... SET <changes>, seq = seq + 1 WHERE id = pk AND seq = seq; the row count.
+
+    The worker writes every job several times, so the statement is built once per column set
+    and values are prepared by their fields (what QuerySet.update() does, minus its compiler).
+    """
+    db = router.db_for_write(model)
+    connection = connections[db]
+    sql, fields = _cas_statement(model, connection, db, tuple(changes))
+    params = [f.get_db_prep_save(changes[f.name], connection) for f in fields]
+    params += [seq + 1, model._meta.pk.get_db_prep_value(pk, connection), seq]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.rowcount
+
+
+def _cas_execute_many(model: type[models.Model], items: list[tuple[Any, int, dict[str, Any]]], columns: tuple[str, ...]) -> int:
+    """Many _cas_execute() with the same columns in one executemany; the total row count."""
+    db = router.db_for_write(model)
+    connection = connections[db]
+    sql, fields = _cas_statement(model, connection, db, columns)
+    pk_field = model._meta.pk
+    params = [
+        [f.get_db_prep_save(changes[f.name], connection) for f in fields]
+        + [seq + 1, pk_field.get_db_prep_value(pk, connection), seq]
+        for pk, seq, changes in items
+    ]
+    with connection.cursor() as cursor:
+        cursor.executemany(sql, params)
+        return cursor.rowcount
 
 
 class JobStatus(models.TextChoices):
@@ -102,8 +153,9 @@ class Job(models.Model):
     class Meta:
         ordering = ["-enqueued_at"]
         indexes = [
-            # The claim query: READY jobs of some queues, due now, best priority first.
-            models.Index(fields=["status", "queue", "-priority", "run_after"], name="jobs_job_claim"),
+            # The claim query walks READY jobs in claim order (best priority, earliest run_after) and
+            # stops at its LIMIT; queue and backend are filtered on the way (a worker usually serves all).
+            models.Index(fields=["status", "-priority", "run_after"], name="jobs_job_claim_order"),
             # The stale-heartbeat sweep over RUNNING jobs.
             models.Index(fields=["status", "heartbeat_at"], name="jobs_job_stale"),
             models.Index(fields=["-enqueued_at"], name="jobs_job_enqueued"),
@@ -153,12 +205,47 @@ class Job(models.Model):
         On success the instance holds the new values; on failure nothing was written and the
         caller should ``refresh_from_db()`` and decide again.
         """
-        updated = type(self).objects.filter(pk=self.pk, seq=self.seq).update(seq=self.seq + 1, **changes)
+        updated = _cas_execute(type(self), self.pk, self.seq, changes)
         if updated:
             for field, value in changes.items():
                 setattr(self, field, value)
             self.seq += 1
         return bool(updated)
+
+    @classmethod
+    def cas_many(cls, items: list[tuple[Job, dict[str, Any]]]) -> list[bool]:
+        """cas_update() for many jobs whose changes share one column set, in one executemany.
+
+        Returns, per job, whether its change was written (and applied to the instance).
+        """
+        if not items:
+            return []
+        columns = tuple(items[0][1])
+        db = router.db_for_write(cls)
+        rows = _cas_execute_many(cls, [(job.pk, job.seq, changes) for job, changes in items], columns)
+        if rows == len(items):
+            applied = [True] * len(items)
+        else:  # some lost to a concurrent writer: read back which rows carry our write
+            current = {
+                pk: (seq, finished_at, run_after)
+                for pk, seq, finished_at, run_after in cls.objects.using(db)
+                .filter(pk__in=[job.pk for job, _ in items])
+                .values_list("pk", "seq", "finished_at", "run_after")
+            }
+            applied = []
+            for job, changes in items:
+                seq, finished_at, run_after = current.get(job.pk, (None, None, None))
+                applied.append(
+                    seq == job.seq + 1
+                    and finished_at == changes.get("finished_at", finished_at)
+                    and run_after == changes.get("run_after", run_after)
+                )
+        for (job, changes), ok in zip(items, applied):
+            if ok:
+                for field, value in changes.items():
+                    setattr(job, field, value)
+                job.seq += 1
+        return applied
 
     def cancel(self) -> bool:
         """Cancel: a READY job ends CANCELLED at once; a RUNNING one gets ``cancel_requested``.

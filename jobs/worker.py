@@ -115,6 +115,7 @@ class _Run:
     deadline: float | None
     thread_id: int | None = None
     finished: bool = False  # the outcome was written (or the run abandoned)
+    unsaved_log: list = field(default_factory=list)  # log lines taken from the state, not yet in a written row
 
 
 def _error_path(exc: BaseException) -> str:
@@ -279,12 +280,12 @@ class Worker:
                 self._unwritten.append(self._done.get_nowait())
             except Empty:
                 break
-        if self._unwritten:
-            self._write_outcomes()
         now = time.monotonic()
         if self._timed_out_runs(now):
             self._time_out(now)
         if self._stop_count >= 2 or (self._stop_deadline is not None and now >= self._stop_deadline and self._active()):
+            if self._unwritten:
+                self._sync(0)
             self._release_all()
             return True
         if due["progress"] <= now:
@@ -301,67 +302,60 @@ class Worker:
             self._sweep_stale()
             due["stale"] = now + interval["stale"]
 
-        if self.stopping:
-            return not self._active()
+        # Finished runs are written and new jobs claimed in one transaction (one commit, one lock).
+        freeing = sum(1 for run, _ in self._unwritten if run.task is not None)
         remaining = None if self.max_jobs is None else self.max_jobs - self._counts["claimed"]
-        if remaining == 0:
-            return not self._active()
         retry_due = self._next_retry_at is not None and self._next_retry_at <= now
-        if self._claim_now or due["poll"] <= now or retry_due:
+        want = not self.stopping and remaining != 0 and (self._claim_now or freeing or due["poll"] <= now or retry_due)
+        limit = 0
+        if want:
             self._claim_now = False
             if retry_due:
                 self._next_retry_at = None
             due["poll"] = now + self.poll_interval
-            free = self.concurrency - self._busy
-            claimed = 0
-            if free > 0:
-                limit = free if remaining is None else min(free, remaining)
-                claimed = self._claim(limit)
-                if claimed == limit:
-                    self._claim_now = True  # there may be more
-            if self.burst and claimed == 0 and not self._active() and not self._unwritten:
-                return True
-        return False
+            free = self.concurrency - self._busy + freeing
+            limit = max(0, free if remaining is None else min(free, remaining))
+        claimed = self._sync(limit) if (self._unwritten or limit) else 0
+        if limit and claimed == limit:
+            self._claim_now = True  # there may be more
+        if self.stopping or (self.max_jobs is not None and self._counts["claimed"] >= self.max_jobs):
+            return not self._active() and not self._unwritten
+        return self.burst and want and claimed == 0 and not self._active() and not self._unwritten
 
     def _active(self) -> bool:
         return any(not run.finished for run in self._runs.values())
 
     # Claiming -------------------------------------------------------------------------------
 
-    def _claim(self, limit: int) -> int:
+    def _claim_rows(self, limit: int) -> list[Job]:
+        """Mark up to ``limit`` due READY jobs RUNNING for this worker; call inside a transaction."""
         self.polls += 1
         now = timezone.now()
-        with transaction.atomic():
-            qs = Job.objects.filter(
-                status=JobStatus.READY, backend=self.backend.alias, queue__in=self.queues, run_after__lte=now
-            ).order_by("-priority", "run_after", "enqueued_at")
-            if connection.features.has_select_for_update_skip_locked:
-                qs = qs.select_for_update(skip_locked=True)
-            jobs = list(qs[:limit])
-            if not jobs:
-                return 0
-            groups: dict[tuple, list[Job]] = {}
-            for job in jobs:
-                groups.setdefault(tuple(job.worker_ids or ()), []).append(job)
-            for previous, members in groups.items():
-                worker_ids = [*previous, self.worker_id]
-                updated = Job.objects.filter(pk__in=[j.pk for j in members], status=JobStatus.READY).update(
-                    status=JobStatus.RUNNING, started_at=now, heartbeat_at=now, finished_at=None,
-                    worker_id=self.worker_id, worker_ids=worker_ids, attempts=F("attempts") + 1, seq=F("seq") + 1,
-                    progress_done=0, progress_total=None, message="",
-                )
-                if updated != len(members):  # only if the claim transaction did not lock (see jobs.E003)
-                    raise DatabaseError(f"Claim raced with another worker ({updated} of {len(members)} rows).")
-                for job in members:
-                    job.status, job.started_at, job.heartbeat_at, job.finished_at = JobStatus.RUNNING, now, now, None
-                    job.worker_id, job.worker_ids = self.worker_id, worker_ids
-                    job.attempts += 1
-                    job.seq += 1
-                    job.progress_done, job.progress_total, job.message = 0, None, ""
+        qs = Job.objects.filter(
+            status=JobStatus.READY, backend=self.backend.alias, queue__in=self.queues, run_after__lte=now
+        ).order_by("-priority", "run_after")
+        if connection.features.has_select_for_update_skip_locked:
+            qs = qs.select_for_update(skip_locked=True)
+        jobs = list(qs[:limit])
+        groups: dict[tuple, list[Job]] = {}
         for job in jobs:
-            self._counts["claimed"] += 1
-            self._start(job)
-        return len(jobs)
+            groups.setdefault(tuple(job.worker_ids or ()), []).append(job)
+        for previous, members in groups.items():
+            worker_ids = [*previous, self.worker_id]
+            updated = Job.objects.filter(pk__in=[j.pk for j in members], status=JobStatus.READY).update(
+                status=JobStatus.RUNNING, started_at=now, heartbeat_at=now, finished_at=None,
+                worker_id=self.worker_id, worker_ids=worker_ids, attempts=F("attempts") + 1, seq=F("seq") + 1,
+                progress_done=0, progress_total=None, message="",
+            )
+            if updated != len(members):  # only if the claim transaction did not lock (see jobs.E003)
+                raise DatabaseError(f"Claim raced with another worker ({updated} of {len(members)} rows).")
+            for job in members:
+                job.status, job.started_at, job.heartbeat_at, job.finished_at = JobStatus.RUNNING, now, now, None
+                job.worker_id, job.worker_ids = self.worker_id, worker_ids
+                job.attempts += 1
+                job.seq += 1
+                job.progress_done, job.progress_total, job.message = 0, None, ""
+        return jobs
 
     def _start(self, job: Job) -> None:
         events.publish_job(job)
@@ -439,20 +433,22 @@ class Worker:
 
     # Writing outcomes -----------------------------------------------------------------------
 
-    def _write_outcomes(self) -> None:
-        published: list[Job] = []
+    def _sync(self, limit: int) -> int:
+        """Write the outcomes of finished runs and claim up to ``limit`` jobs, in one transaction;
+        then publish, and hand the claimed jobs to the slots. Returns how many were claimed."""
         pending = self._unwritten
-        kinds: list[str] = []
         already = {id(run) for run, _ in pending if run.finished}
+        published: list[Job] = []
+        kinds: list[str] = []
+        claimed: list[Job] = []
         try:
             with transaction.atomic():
-                for run, outcome in pending:
-                    if run.finished:  # timed out or released: the row was written then
-                        continue
-                    kind = self._write_outcome(run, outcome)
-                    if kind:
-                        kinds.append(kind)
-                        published.append(run.job)
+                # Timed-out or released runs (finished) had their row written then.
+                for run, kind in self._write_outcomes_batched([(r, o) for r, o in pending if not r.finished]):
+                    kinds.append(kind)
+                    published.append(run.job)
+                if limit > 0:
+                    claimed = self._claim_rows(limit)
         except DatabaseError:
             for run, _ in pending:  # rolled back: write them again next turn (the CAS re-reads seq)
                 if id(run) not in already:
@@ -460,58 +456,86 @@ class Worker:
                     run.state.abandoned = False
             raise
         self._unwritten = []
-        freed = sum(1 for run, _ in pending if run.task is not None)
-        self._busy -= freed
-        if freed:
-            self._claim_now = True
+        self._busy -= sum(1 for run, _ in pending if run.task is not None)
         for kind in kinds:
             self._counts[kind] += 1
         for run, _ in pending:
             self._runs.pop(run.job.pk, None)
         self._announce(published)
+        for job in claimed:
+            self._counts["claimed"] += 1
+            self._start(job)
+        return len(claimed)
+
+    def _outcome_changes(self, run: _Run, outcome: _Outcome, now: datetime) -> tuple[dict[str, Any], str]:
+        """The row changes for how a run ended, and the WorkerStats counter it bumps."""
+        job, state = run.job, run.state
+        changes = self._progress_changes(run, now)
+        if state.result_file:
+            changes["result_file"] = state.result_file
+        changes.update(finished_at=now, heartbeat_at=now)
+        if outcome.ok:
+            changes.update(status=JobStatus.SUCCESSFUL, result=outcome.value)
+            return changes, "succeeded"
+        changes.update(error_type=outcome.error_type, error_message=outcome.error_message,
+                       error_traceback=outcome.error_traceback)
+        if outcome.cancelled and outcome.error_type.endswith("JobCancelled"):
+            changes["status"] = JobStatus.CANCELLED
+            return changes, "cancelled"
+        if outcome.cancelled or job.attempts >= job.max_attempts or job.cancel_requested:
+            changes["status"] = JobStatus.FAILED
+            return changes, "failed"
+        delay = backoff_delay(job.attempts)
+        text = (f"Attempt {job.attempts} of {job.max_attempts} failed "
+                f"({outcome.error_type.rsplit('.', 1)[-1]}: {outcome.error_message}); retrying in {delay:g} s.")
+        count = changes.get("log_count", job.log_count) + 1
+        limit = max(1, int(conf.get("LOG_LIMIT")))
+        log = [*changes.get("log", job.log or []), {"n": count, "at": now.isoformat(), "text": text[:2000]}][-limit:]
+        changes.update(status=JobStatus.READY, run_after=now + timedelta(seconds=delay),
+                       finished_at=None, heartbeat_at=None, worker_id="", log=log, log_count=count)
+        retry_at = time.monotonic() + delay
+        self._next_retry_at = retry_at if self._next_retry_at is None else min(self._next_retry_at, retry_at)
+        return changes, "retried"
+
+    def _write_outcomes_batched(self, items: list[tuple[_Run, _Outcome]]) -> list[tuple[_Run, str]]:
+        """Write many outcomes with one executemany per column set (one round trip on PostgreSQL,
+        in pipeline mode); anything that lost its compare-and-swap takes the one-by-one path."""
+        now = timezone.now()
+        groups: dict[tuple[str, ...], list[tuple[_Run, _Outcome, dict[str, Any], str]]] = {}
+        for run, outcome in items:
+            changes, kind = self._outcome_changes(run, outcome, now)
+            groups.setdefault(tuple(changes), []).append((run, outcome, changes, kind))
+        written: list[tuple[_Run, str]] = []
+        for members in groups.values():
+            applied = Job.cas_many([(run.job, changes) for run, _, changes, _ in members])
+            for (run, outcome, changes, kind), ok in zip(members, applied):
+                if ok:
+                    run.finished = True
+                    run.unsaved_log = []
+                    written.append((run, kind))
+                else:
+                    kind = self._write_outcome(run, outcome)
+                    if kind:
+                        written.append((run, kind))
+        return written
 
     def _write_outcome(self, run: _Run, outcome: _Outcome) -> str | None:
         """Write how a run ended; returns the WorkerStats counter to bump, None if the job was lost."""
-        job, state = run.job, run.state
-        now = timezone.now()
         for _ in range(CAS_ROUNDS):
-            changes = self._progress_changes(run, now)
-            if state.result_file:
-                changes["result_file"] = state.result_file
-            changes.update(finished_at=now, heartbeat_at=now)
-            if outcome.ok:
-                changes.update(status=JobStatus.SUCCESSFUL, result=outcome.value)
-                kind = "succeeded"
-            else:
-                changes.update(error_type=outcome.error_type, error_message=outcome.error_message,
-                               error_traceback=outcome.error_traceback)
-                retry = not outcome.cancelled and job.attempts < job.max_attempts and not job.cancel_requested
-                if outcome.cancelled and outcome.error_type.endswith("JobCancelled"):
-                    changes["status"], kind = JobStatus.CANCELLED, "cancelled"
-                elif retry:
-                    delay = backoff_delay(job.attempts)
-                    text = (f"Attempt {job.attempts} of {job.max_attempts} failed "
-                            f"({outcome.error_type.rsplit('.', 1)[-1]}: {outcome.error_message}); retrying in {delay:g} s.")
-                    log, count = job.appended_log([(now, text)])
-                    changes.update(status=JobStatus.READY, run_after=now + timedelta(seconds=delay),
-                                   finished_at=None, heartbeat_at=None, worker_id="", log=log, log_count=count)
-                    kind = "retried"
-                    retry_at = time.monotonic() + delay
-                    self._next_retry_at = retry_at if self._next_retry_at is None else min(self._next_retry_at, retry_at)
-                else:
-                    changes["status"], kind = JobStatus.FAILED, "failed"
+            changes, kind = self._outcome_changes(run, outcome, timezone.now())
             if self._cas_owned(run, changes):
                 run.finished = True
                 return kind
             if run.finished:  # lost ownership
                 return None
-        logger.warning("Job %s: could not write its outcome after %d tries; retrying later", job.pk, CAS_ROUNDS)
-        raise DatabaseError(f"Job {job.pk} kept changing while its outcome was written.")
+        logger.warning("Job %s: could not write its outcome after %d tries; retrying later", run.job.pk, CAS_ROUNDS)
+        raise DatabaseError(f"Job {run.job.pk} kept changing while its outcome was written.")
 
     def _cas_owned(self, run: _Run, changes: dict[str, Any]) -> bool:
         """CAS a change on a job this worker runs; on a conflict refresh and re-check ownership."""
         job = run.job
         if job.cas_update(**changes):
+            run.unsaved_log = []
             return True
         job.refresh_from_db()
         if job.status != JobStatus.RUNNING or job.worker_id != self.worker_id:
@@ -530,7 +554,8 @@ class Worker:
         state.dirty = False
         done, total, message = state.progress
         changes: dict[str, Any] = {"progress_done": done, "progress_total": total, "message": message[:500]}
-        entries = state.take_log()
+        run.unsaved_log.extend(state.take_log())
+        entries = run.unsaved_log
         if entries:
             log, count = job.appended_log([(datetime.fromtimestamp(at, tz=now.tzinfo), text) for at, text in entries])
             changes.update(log=log, log_count=count)
