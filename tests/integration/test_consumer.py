@@ -22,9 +22,27 @@ from .stomp_ws_support import WsStomp, make_job, new_uuid, session_cookie
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
 
 
+# Tests without the worker fixture whose events still go through the broker.
+_THROUGH_THE_BROKER = {
+    "test_notify_reaches_the_users_socket_and_not_another_users",
+    "test_broadcast_reaches_every_users_notifications_subscription",
+    "test_mark_read_by_send_updates_the_database_and_the_counter",
+    "test_the_owner_can_cancel_a_job_by_send",
+}
+
+
+def pytest_generate_tests(metafunc):
+    # What travels through the broker runs on both brokers; protocol and permission checks,
+    # which never reach the broker, run once (on the embedded one) to keep the suite fast.
+    both = "worker" in metafunc.fixturenames or metafunc.function.__name__ in _THROUGH_THE_BROKER
+    metafunc.parametrize("broker_kind", ["embedded", "rabbitmq"] if both else ["embedded"])
+
+
 @pytest.fixture
-def broker_url(stomp_broker_url) -> str:
-    return stomp_broker_url
+def broker_url(request, broker_kind) -> str:
+    if broker_kind == "embedded":
+        return request.getfixturevalue("embedded_broker").url
+    return request.getfixturevalue("rabbitmq_stomp_url")
 
 
 @pytest.fixture
@@ -51,7 +69,8 @@ async def worker(live, broker_url):
 
 
 def _user(name: str, *perms: str):
-    user = get_user_model().objects.create_user(name, password=f"pw-{name}-1")
+    # No password: sessions come from force_login, and hashing one costs a second per user here.
+    user = get_user_model().objects.create_user(name)
     for codename in perms:
         user.user_permissions.add(Permission.objects.get(codename=codename, content_type__app_label="jobs"))
     return user
@@ -409,18 +428,18 @@ async def test_events_not_newer_than_what_was_sent_are_dropped(live, worker, ali
 
 
 async def test_the_final_state_arrives_after_a_burst_of_progress(live, worker, alice):
-    job = await database_sync_to_async(make_job)(alice, progress_total=200)
+    job = await database_sync_to_async(make_job)(alice, progress_total=60)
     client = await connected_client(alice)
     await client.subscribe(destinations.job(job.pk))
     await client.next_message()
-    for n in range(1, 200):
+    for n in range(1, 60):
         worker.publish(destinations.job(job.pk), await advance(job, progress_done=n))
-    worker.publish(destinations.job(job.pk), await advance(job, status="SUCCESSFUL", progress_done=200))
+    worker.publish(destinations.job(job.pk), await advance(job, status="SUCCESSFUL", progress_done=60))
     seqs, last = [], None
     while last is None or not last["final"]:
         last = await client.next_message()
         seqs.append(last["seq"])
-    assert (last["status"], last["seq"]) == ("SUCCESSFUL", 200)
+    assert (last["status"], last["seq"]) == ("SUCCESSFUL", 60)
     assert seqs == sorted(seqs)
     await client.close()
 

@@ -36,7 +36,7 @@ def _settings(settings, url: str) -> None:
 
 @pytest.fixture
 def alice():
-    return get_user_model().objects.create_user("alice", password="pw-alice-1")
+    return get_user_model().objects.create_user("alice")
 
 
 async def _watch(alice, job) -> WsStomp:
