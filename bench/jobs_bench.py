@@ -50,6 +50,8 @@ def main() -> None:
     parser.add_argument("--broker-url", default=os.environ.get("STOMP_BROKER_URL", "stomp://guest:guest@127.0.0.1:61613"),
                         help="the STOMP broker our worker publishes events to (default RabbitMQ on 61613)")
     parser.add_argument("--progress-calls", type=int, default=200_000)
+    parser.add_argument("--concurrency", default="1,4",
+                        help="jobworker --concurrency values to run (default 1,4; db_worker runs one task at a time)")
     parser.add_argument("--no-write", action="store_true", help="do not update bench/RESULTS-jobs.md")
     parser.add_argument("--phase", help=argparse.SUPPRESS)
     parser.add_argument("--database-url", help=argparse.SUPPRESS)
@@ -71,7 +73,7 @@ def main() -> None:
             print(f"== {db}: {url}", file=sys.stderr, flush=True)
             out = subprocess.run(
                 [PYTHON, __file__, "--phase", db, "--database-url", url, "--jobs", str(args.jobs),
-                 "--workers", args.workers, "--broker-url", args.broker_url,
+                 "--workers", args.workers, "--broker-url", args.broker_url, "--concurrency", args.concurrency,
                  "--progress-calls", str(args.progress_calls)],
                 cwd=ROOT, env=phase_env(url, args.broker_url, tmp), capture_output=True, text=True, timeout=3600,
             )
@@ -119,16 +121,17 @@ def phase(args) -> None:
 
     call_command("migrate", verbosity=0)
     cells = []
-    for backend in ("jobworker", "db_worker"):
-        for workers in [int(w) for w in args.workers.split(",")]:
-            cells.append(run_cell(backend, workers, args))
+    for workers in [int(w) for w in args.workers.split(",")]:
+        for concurrency in [int(c) for c in args.concurrency.split(",")]:
+            cells.append(run_cell("jobworker", workers, args, concurrency))
+        cells.append(run_cell("db_worker", workers, args))
     probe = progress_probe(args)
     print(json.dumps({"db": args.phase, "cells": cells, "progress": probe}))
 
 
-def worker_command(backend: str) -> list[str]:
+def worker_command(backend: str, concurrency: int = 1) -> list[str]:
     if backend == "jobworker":
-        return [PYTHON, "manage.py", "jobworker", "--burst", "--concurrency", "1", "--queue", "default",
+        return [PYTHON, "manage.py", "jobworker", "--burst", "--concurrency", str(concurrency), "--queue", "default",
                 "--no-wakeup", "--poll-interval", "0.05"]
     return [PYTHON, "manage.py", "db_worker", "--batch", "--backend", "tasksdb", "--queue-name", "default",
             "--interval", "0", "--no-startup-delay", "--no-reload", "-v", "0"]
@@ -143,13 +146,13 @@ def clear() -> None:
     DBTaskResult.objects.all().delete()
 
 
-def run_cell(backend: str, workers: int, args) -> dict:
+def run_cell(backend: str, workers: int, args, concurrency: int = 1) -> dict:
     from django.db import connection, transaction
 
     from bench.jobs_bench_tasks import noop, noop_tasksdb
 
     clear()
-    runlog = Path(os.environ["DJANGO_VAR_DIR"]) / f"runlog-{backend}-{workers}.txt"
+    runlog = Path(os.environ["DJANGO_VAR_DIR"]) / f"runlog-{backend}-{workers}-{concurrency}.txt"
     runlog.unlink(missing_ok=True)
     task = noop if backend == "jobworker" else noop_tasksdb
     started = time.perf_counter()
@@ -166,7 +169,7 @@ def run_cell(backend: str, workers: int, args) -> dict:
     env = dict(os.environ, BENCH_RUNLOG=str(runlog))
     wall_start = time.perf_counter()
     procs = [
-        subprocess.Popen(worker_command(backend), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        subprocess.Popen(worker_command(backend, concurrency), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         for _ in range(workers)
     ]
     errors = []
@@ -187,6 +190,7 @@ def run_cell(backend: str, workers: int, args) -> dict:
     cell = {
         "backend": backend,
         "workers": workers,
+        "concurrency": concurrency,
         "jobs": args.jobs,
         "enqueue_s": round(enqueue_s, 3),
         "window_s": round(window, 3),
@@ -199,7 +203,7 @@ def run_cell(backend: str, workers: int, args) -> dict:
         "exactly_once": ran_once == args.jobs and ran_twice == 0 and statuses.get("SUCCESSFUL") == args.jobs,
         "errors": errors,
     }
-    print(f"   {backend} x{workers}: {cell['jobs_per_s']} jobs/s, exactly once: {cell['exactly_once']}",
+    print(f"   {backend} x{workers} (concurrency {concurrency}): {cell['jobs_per_s']} jobs/s, exactly once: {cell['exactly_once']}",
           file=sys.stderr, flush=True)
     return cell
 
@@ -252,24 +256,33 @@ def progress_probe(args) -> dict:
 
 def render(results: list[dict], jobs: int) -> str:
     lines = [
-        f"{jobs} no-op jobs per cell; jobs/s = jobs / (last finish - first start); one process per worker.",
+        f"{jobs} no-op jobs per cell; jobs/s = jobs / (last finish - first start); one process per worker;",
+        "'c1' is `jobworker --concurrency 1` (one task at a time, like db_worker), 'c4' is --concurrency 4.",
         "",
-        "| database | workers | jobworker jobs/s | db_worker jobs/s | ratio | exactly once (ours / theirs) |",
-        "|---|---|---|---|---|---|",
     ]
+    concurrencies = sorted({c["concurrency"] for r in results for c in r["cells"] if c["backend"] == "jobworker"})
+    head = "| database | workers | " + " | ".join(f"jobworker c{c} jobs/s" for c in concurrencies)
+    head += " | db_worker jobs/s | " + " | ".join(f"ratio c{c}" for c in concurrencies) + " | exactly once (all runs) |"
+    lines += [head, "|" + "---|" * (4 + 2 * len(concurrencies))]
     verdicts = []
     for result in results:
-        ours = {c["workers"]: c for c in result["cells"] if c["backend"] == "jobworker"}
-        theirs = {c["workers"]: c for c in result["cells"] if c["backend"] == "db_worker"}
-        for workers in sorted(ours):
-            o, t = ours[workers], theirs.get(workers)
-            ratio = (o["jobs_per_s"] / t["jobs_per_s"]) if t and t["jobs_per_s"] and o["jobs_per_s"] else None
-            verdicts.append(ratio is not None and ratio >= TARGET_RATIO)
+        for workers in sorted({c["workers"] for c in result["cells"]}):
+            ours = {c["concurrency"]: c for c in result["cells"] if c["backend"] == "jobworker" and c["workers"] == workers}
+            theirs = next((c for c in result["cells"] if c["backend"] == "db_worker" and c["workers"] == workers), None)
+            ratios = []
+            for conc in concurrencies:
+                o = ours.get(conc)
+                ok = o and theirs and o["jobs_per_s"] and theirs["jobs_per_s"]
+                ratios.append(o["jobs_per_s"] / theirs["jobs_per_s"] if ok else None)
+            if ratios and ratios[0] is not None:
+                verdicts.append(ratios[0] >= TARGET_RATIO)
+            once = all(c["exactly_once"] for c in [*ours.values(), theirs] if c)
             lines.append(
-                f"| {result['db']} | {workers} | {o['jobs_per_s']} | {t['jobs_per_s'] if t else '-'} | "
-                f"{ratio:.2f}x | {'yes' if o['exactly_once'] else 'NO'} / {'yes' if t and t['exactly_once'] else 'NO'} |"
-                if ratio is not None else
-                f"| {result['db']} | {workers} | {o['jobs_per_s']} | - | - | {o['exactly_once']} / - |"
+                f"| {result['db']} | {workers} | "
+                + " | ".join(str(ours[c]["jobs_per_s"]) if c in ours else "-" for c in concurrencies)
+                + f" | {theirs['jobs_per_s'] if theirs else '-'} | "
+                + " | ".join(f"{r:.2f}x" if r is not None else "-" for r in ratios)
+                + f" | {'yes' if once else 'NO'} |"
             )
     lines.append("")
     for result in results:
@@ -284,15 +297,15 @@ def render(results: list[dict], jobs: int) -> str:
         else:
             lines.append(f"{result['db']}: progress probe failed: {p.get('error')}")
     lines.append("")
-    lines.append(f"Target >= {TARGET_RATIO:g}x django-tasks-db in every cell: "
-                 + ("met" if verdicts and all(verdicts) else "MISSED in " + str(verdicts.count(False)) + " cell(s)"))
+    lines.append(f"Target >= {TARGET_RATIO:g}x django-tasks-db in every cell (like for like, c{concurrencies[0] if concurrencies else 1}): "
+                 + ("met" if verdicts and all(verdicts) else f"MISSED in {verdicts.count(False)} of {len(verdicts)} cell(s)"))
     lines.append("")
     lines.append("Details (enqueue time, process wall time incl. start-up, jobs per worker):")
     for result in results:
         for c in result["cells"]:
             lines.append(
-                f"  {result['db']:8} {c['backend']:9} x{c['workers']}: enqueue {c['enqueue_s']} s, window {c['window_s']} s, "
-                f"wall {c['wall_s']} s, per worker {c['per_worker']}, statuses {c['statuses']}"
+                f"  {result['db']:8} {c['backend']:9} x{c['workers']} c{c['concurrency']}: enqueue {c['enqueue_s']} s, "
+                f"window {c['window_s']} s, wall {c['wall_s']} s, per worker {c['per_worker']}, statuses {c['statuses']}"
                 + (f", ERRORS: {c['errors']}" if c["errors"] else "")
             )
     return "\n".join(lines)

@@ -14,4 +14,9 @@ TASKS = {
     "tasksdb": {"BACKEND": "django_tasks_db.DatabaseBackend", "QUEUES": ["default", "reports"]},
 }
 JOBS = {"CONCURRENCY": 1}
-LOGGING = {**LOGGING, "root": {"handlers": ["console"], "level": "WARNING"}}  # noqa: F405
+# Quiet for both: db_worker -v 0 silences django.tasks' two INFO lines per task, so ours must too.
+LOGGING = {
+    **LOGGING,  # noqa: F405
+    "root": {"handlers": ["console"], "level": "WARNING"},
+    "loggers": {"django.tasks": {"level": "WARNING"}, "django_tasks_db": {"level": "WARNING"}},
+}
