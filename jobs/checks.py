@@ -5,6 +5,8 @@ from django.core.checks import Error, register
 
 from . import conf
 
+__all__ = ["check_settings", "check_databases"]
+
 _POSITIVE = ("POLL_INTERVAL", "HEARTBEAT_INTERVAL", "STALE_AFTER", "CANCEL_POLL_INTERVAL", "PROGRESS_INTERVAL", "RETRY_BACKOFF", "RETRY_BACKOFF_MAX")
 _WHOLE = ("CONCURRENCY", "LOG_LIMIT", "MAX_ATTEMPTS")
 
@@ -40,7 +42,14 @@ def check_settings(app_configs=None, **kwargs):
         errors.append(Error("JOBS['STALE_AFTER'] must be more than twice JOBS['HEARTBEAT_INTERVAL'], or live jobs look dead.",
                             id="jobs.E004"))
 
-    for alias, db in settings.DATABASES.items():
+    errors.extend(check_databases(settings.DATABASES))
+    return errors
+
+
+def check_databases(databases: dict) -> list[Error]:
+    """jobs.E003 for every SQLite database whose transactions would not take the write lock at BEGIN."""
+    errors = []
+    for alias, db in databases.items():
         if db.get("ENGINE") == "django.db.backends.sqlite3":
             mode = str((db.get("OPTIONS") or {}).get("transaction_mode") or "").upper()
             if mode not in {"IMMEDIATE", "EXCLUSIVE"}:

@@ -225,20 +225,20 @@ class Job(models.Model):
         rows = _cas_execute_many(cls, [(job.pk, job.seq, changes) for job, changes in items], columns)
         if rows == len(items):
             applied = [True] * len(items)
-        else:  # some lost to a concurrent writer: read back which rows carry our write
+        else:  # some lost to a concurrent writer: read back which rows carry exactly our write
             current = {
-                pk: (seq, finished_at, run_after)
-                for pk, seq, finished_at, run_after in cls.objects.using(db)
+                row[0]: row[1:]
+                for row in cls.objects.using(db)
                 .filter(pk__in=[job.pk for job, _ in items])
-                .values_list("pk", "seq", "finished_at", "run_after")
+                .values_list("pk", "seq", *columns)
             }
             applied = []
             for job, changes in items:
-                seq, finished_at, run_after = current.get(job.pk, (None, None, None))
+                row = current.get(job.pk)
                 applied.append(
-                    seq == job.seq + 1
-                    and finished_at == changes.get("finished_at", finished_at)
-                    and run_after == changes.get("run_after", run_after)
+                    row is not None
+                    and row[0] == job.seq + 1
+                    and all(value == changes[name] for name, value in zip(columns, row[1:]))
                 )
         for (job, changes), ok in zip(items, applied):
             if ok:

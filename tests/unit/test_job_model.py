@@ -129,3 +129,17 @@ def test_a_successful_job_with_a_file_has_a_download_link_in_its_event():
     job = make(id=uuid.UUID("12345678-1234-5678-1234-567812345678"), status=JobStatus.SUCCESSFUL,
                result_file="jobs/x/out.txt")
     assert job_event(job)["result_url"] == "/jobs/12345678-1234-5678-1234-567812345678/download/"
+
+
+def test_cas_many_writes_every_job_whose_seq_is_current():
+    first, second = make(), make()
+    assert Job.cas_many([(first, {"message": "a"}), (second, {"message": "b"})]) == [True, True]
+    assert sorted(Job.objects.values_list("message", "seq")) == [("a", 1), ("b", 1)]
+
+
+def test_cas_many_skips_only_the_job_changed_behind_its_back():
+    first, second = make(), make()
+    Job.objects.get(pk=second.pk).cas_update(message="someone else")
+    assert Job.cas_many([(first, {"message": "a"}), (second, {"message": "b"})]) == [True, False]
+    second.refresh_from_db()
+    assert (second.message, second.seq) == ("someone else", 1)
