@@ -60,11 +60,15 @@ def broker_url(request) -> str:
     return request.getfixturevalue("embedded_broker").url
 
 
+@pytest.fixture(scope="module")
+def template_db(tmp_path_factory):
+    return prepare_database(tmp_path_factory.mktemp("template-db"))
+
+
 @pytest.fixture
-def stack(tmp_path, broker_url):
+def stack(tmp_path, broker_url, template_db):
     """daphne without a worker yet, alice's READY debug report, and sessions for alice and bob."""
-    template = prepare_database(tmp_path / "template")
-    running = LiveStack(var_dir=tmp_path / "var", broker_url=broker_url, template_db=template, worker=False)
+    running = LiveStack(var_dir=tmp_path / "var", broker_url=broker_url, template_db=template_db, worker=False)
     running.start()
     try:
         alice_session, bob_session, job_id = running.shell(SETUP).split()
