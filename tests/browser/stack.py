@@ -125,22 +125,34 @@ class LiveStack:
         if self.template_db is not None:
             shutil.copyfile(self.template_db, self.var_dir / "db.sqlite3")
         self.port = free_port()
-        env = self.env
-        log = lambda name: open(self.var_dir / f"{name}.log", "wb")  # noqa: E731
         # Daphne's runserver: the same daphne server and ASGI application, plus the static files
         # (DEBUG) that a bare `daphne project.asgi:application` leaves to a front server.
-        self.procs["web"] = subprocess.Popen(
-            [PYTHON, str(ROOT / "manage.py"), "runserver", "--noreload", "--skip-checks", f"127.0.0.1:{self.port}"],
-            cwd=ROOT, env=env, stdout=log("web"), stderr=subprocess.STDOUT,
-        )
+        self.start_web()
         if self.worker:
             self.start_worker()
+        return self
+
+    def start_web(self) -> None:
+        """Start the web server on `self.port` and wait until it listens."""
+        self.procs["web"] = subprocess.Popen(
+            [PYTHON, str(ROOT / "manage.py"), "runserver", "--noreload", "--skip-checks", f"127.0.0.1:{self.port}"],
+            cwd=ROOT, env=self.env, stdout=open(self.var_dir / "web.log", "ab"), stderr=subprocess.STDOUT,
+        )
         try:
             wait_port(self.port, START_TIMEOUT, self.procs["web"])
         except Exception:
             self.stop()
             raise
-        return self
+
+    def stop_web(self) -> None:
+        """Stop the web server (every WebSocket drops); start_web() brings it back on the same port."""
+        proc = self.procs.pop("web")
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
 
     def start_worker(self) -> None:
         """Start `manage.py jobworker` (at start, or later by a test that wants jobs to wait first)."""

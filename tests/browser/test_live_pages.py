@@ -193,3 +193,30 @@ def test_a_second_user_neither_sees_nor_can_subscribe_to_the_first_users_job(new
     assert bob.goto(f"/jobs/{job_id}/").status == 404
     bob.goto("/jobs/")
     assert job_id not in bob.content()
+
+
+@pytest.mark.parametrize("live_stack", [{"worker": False}], indirect=True)
+def test_a_page_whose_server_restarted_reconnects_and_catches_up_with_a_job_that_finished_meanwhile(
+    new_page, live_stack
+):
+    page = new_page("alice")
+    job_id = start_debug_report(page)
+    widget = page.locator(f'[data-job-live][data-job-id="{job_id}"]')
+    expect(widget).to_have_attribute("data-live", "live")
+    page.evaluate("window.__sameDocument = true")
+
+    live_stack.stop_web()
+    page.wait_for_function("document.documentElement.dataset.stomp === 'reconnecting'")
+    live_stack.start_worker()
+    live_stack.shell(  # the job ends while no web server runs: only a resubscription can tell the page
+        "import time\n"
+        "from jobs.models import Job\n"
+        "for _ in range(600):\n"
+        f"    if Job.objects.get(pk='{job_id}').is_final: break\n"
+        "    time.sleep(0.1)\n"
+    )
+    live_stack.start_web()
+
+    expect(widget).to_have_attribute("data-status", "SUCCESSFUL", timeout=JOB_TIMEOUT_MS)
+    expect(widget.locator("[data-field=result]")).to_be_visible()
+    assert page.evaluate("window.__sameDocument") is True
