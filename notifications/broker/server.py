@@ -718,6 +718,7 @@ class Broker:
         self._store: QueueStore | None = None
         self._boot = secrets.token_hex(3)
         self._msg_counter = itertools.count(1)
+        self._prefixes: dict[str, bytes] = {}  # destination -> escaped MESSAGE header start
         self._session_counter = itertools.count(1)
         self.n_connections_total = 0
         self.n_received = 0
@@ -935,8 +936,17 @@ class Broker:
             if not subs:
                 return
             msg_id = f"{self._boot}-{next(self._msg_counter)}"
-            user = _user_headers(headers)
-            common = _common_block(destination, msg_id, user, len(body), True)
+            user = [h for h in headers if h[0] not in _RESERVED]
+            prefix = self._prefixes.get(destination)
+            if prefix is None:
+                if len(self._prefixes) > 4096:  # per-job topics come and go: keep the cache small
+                    self._prefixes.clear()
+                prefix = self._prefixes[destination] = f"MESSAGE\ndestination:{escape(destination)}\nmessage-id:".encode()
+            if user:
+                user_block = "".join([f"{escape(n)}:{escape(v)}\n" for n, v in user]).encode()
+            else:
+                user_block = b""
+            common = b"%s%s\n%scontent-length:%d\n" % (prefix, msg_id.encode(), user_block, len(body))
             common10: bytes | None = None
             tail = b"\n" + body + b"\x00"
             sender = self.sender

@@ -26,6 +26,11 @@ VERSIONS = ("1.0", "1.1", "1.2")
 _COMMAND_PREVIEW = 16
 
 _DEFAULT_LIMITS = Limits()
+# Commands of the specification: valid without checking their characters one by one.
+_COMMANDS = frozenset(
+    {"CONNECT", "STOMP", "CONNECTED", "SEND", "SUBSCRIBE", "UNSUBSCRIBE", "ACK", "NACK", "BEGIN", "COMMIT",
+     "ABORT", "DISCONNECT", "MESSAGE", "RECEIPT", "ERROR"}
+)
 
 
 def negotiate_version(accept_version: str | None, supported: tuple[str, ...] = VERSIONS) -> str | None:
@@ -222,7 +227,7 @@ class FrameParser:
         if "\r" in text:
             lines = [line[:-1] if line.endswith("\r") else line for line in lines]
         command = lines[0]
-        if not (command.isalpha() and command.isascii()):
+        if command not in _COMMANDS and not (command.isalpha() and command.isascii()):
             raise RemoteProtocolError(
                 f"Invalid frame: expected a command, got {_short(command.encode()[:_COMMAND_PREVIEW])}"
             )
@@ -251,22 +256,18 @@ class FrameParser:
         if "content-length:" in text:
             for name, value in headers:
                 if name == "content-length":
-                    length = self._content_length(value)
+                    if not (value.isdigit() and value.isascii()):
+                        raise RemoteProtocolError(f"Invalid content-length header: {_short(value)}")
+                    length = int(value)
+                    if length > limits.max_body_size:
+                        raise RemoteProtocolError(
+                            f"Frame body of {length} bytes is over the limit of {limits.max_body_size} bytes"
+                        )
                     break
         headers_t = tuple(headers)
         if command in UNESCAPED_COMMANDS:
             self._follow_handshake(command, headers_t)
         return command, headers_t, length
-
-    def _content_length(self, value: str) -> int:
-        if not (value.isdigit() and value.isascii()):
-            raise RemoteProtocolError(f"Invalid content-length header: {_short(value)}")
-        length = int(value)
-        if length > self.limits.max_body_size:
-            raise RemoteProtocolError(
-                f"Frame body of {length} bytes is over the limit of {self.limits.max_body_size} bytes"
-            )
-        return length
 
     def _follow_handshake(self, command: str, headers: tuple[tuple[str, str], ...]) -> None:
         # Frames pipelined right behind CONNECT in the same read are parsed in this very call,
