@@ -261,6 +261,8 @@ class Worker:
                 wait = min(v for k, v in due.items() if k != "progress" or self._runs) - time.monotonic()
                 if self._next_retry_at is not None and not self.stopping:
                     wait = min(wait, self._next_retry_at - time.monotonic())
+                if self._stop_deadline is not None:
+                    wait = min(wait, self._stop_deadline - time.monotonic())
                 if wait > 0 and not self._claim_now and self._done.empty():
                     self._wake.wait(wait)
                 self._wake.clear()
