@@ -189,6 +189,12 @@ def test_stompjs_disconnect_receipt_comes_after_every_message_sent_before_it(tar
     assert result["in_order"] is True
 
 
+def test_stompjs_wrong_passcode_gets_the_error_frame_instead_of_connected(wrong_passcode_target, suffix):
+    result = stompjs(wrong_passcode_target, "bad-login", suffix)
+    assert result["connected"] is False
+    assert result["stomp_error"]["headers"]["message"] != ""
+
+
 # --- Perl's Net::Stomp ---------------------------------------------------------------------
 
 

@@ -231,6 +231,18 @@ const scenarios = {
     await client.deactivate();
   },
 
+  // CONNECT refused (a wrong passcode): the broker's ERROR frame reaches onStompError.
+  async 'bad-login'() {
+    try {
+      const { client } = await connect();
+      result.connected = true;
+      await client.deactivate();
+    } catch (error) {
+      result.connected = false;
+      result.rejection = String(error.message);
+    }
+  },
+
   // DISCONNECT with a receipt comes after everything sent before it was handled: 200 messages
   // sent back to back to a queue, then DISCONNECT; a new consumer finds all 200, in order.
   async disconnect() {
