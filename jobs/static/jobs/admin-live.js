@@ -87,6 +87,8 @@ class LiveChangeList {
       if (!pk) continue;
       this.rows.set(pk, row);
       row.dataset.jobId = pk;
+      const initial = row.querySelector('.job-admin-progress[data-status]');
+      if (initial) row.dataset.status = initial.dataset.status;
       const box = row.querySelector('.job-admin-progress[data-seq]');
       if (box) gate.set(pk, Number(box.dataset.seq));
     }
@@ -121,6 +123,7 @@ class LiveChangeList {
     }
     if (!gate.accept(event.id, event.seq)) return;
     this.events.set(event.id, event);
+    const statusChanged = row.dataset.status !== undefined && row.dataset.status !== event.status;
     row.dataset.status = event.status;
     row.dataset.seq = String(event.seq);
     const status = cell(row, 'status_display', 'status');
@@ -138,9 +141,12 @@ class LiveChangeList {
     const attempts = cell(row, 'attempts_display', 'attempts');
     if (attempts) attempts.textContent = `${event.attempts}/${event.max_attempts}`;
     this.renderTimes(row, event);
-    row.classList.remove('job-row-updated');
-    void row.offsetWidth; // restart the flash animation
-    row.classList.add('job-row-updated');
+    if (statusChanged) {
+      // Flash a row when its status changes (not on every progress step: that would never stop).
+      row.classList.remove('job-row-updated');
+      void row.offsetWidth; // restart the animation
+      row.classList.add('job-row-updated');
+    }
   }
 
   renderTimes(row, event) {
