@@ -52,6 +52,13 @@ BATCH_SIZE = 200
 # Sent but not yet acknowledged messages allowed before the thread waits for receipts; keeps a
 # slow broker from making us hold an unbounded amount of in-flight data on the socket.
 MAX_IN_FLIGHT = 2_000
+# After this many connections in a row ended by an ERROR frame with no RECEIPT in between, the
+# message at the head of the queue is taken to be what the broker refuses and is dropped (logged):
+# one poison message must not stop every later one. Until a RECEIPT arrives again, messages go
+# one per RECEIPT, so the head really is the message the broker answered with ERROR.
+POISON_AFTER_ERRORS = 3
+# Destination prefixes every supported broker shares (DESIGN.md, principle 4).
+DESTINATION_PREFIXES = ("/topic/", "/queue/")
 # How long one connection attempt (TCP connect plus the CONNECTED frame) may take.
 CONNECT_TIMEOUT = 3.0
 # At interpreter exit, wait this long for buffered messages to reach the broker.
@@ -190,6 +197,7 @@ class Publisher:
         self._connect_event = threading.Event()
         self._connect_error: str | None = None
         self._lost_reason: str | None = None
+        self._error_streak = 0  # connections ended by an ERROR frame since the last RECEIPT
 
         self._outage_since: float | None = None
         self._outage_dropped = 0
@@ -218,8 +226,7 @@ class Publisher:
             frame_headers = {"content-type": content_type}
             if headers:
                 frame_headers.update({str(k): str(v) for k, v in headers.items()})
-            if not isinstance(destination, str) or not destination.startswith("/"):
-                raise ValueError(f"destination must be a string like /topic/name, not {destination!r}")
+            _check_destination(destination)
         except Exception as exc:
             with self._cond:
                 self._counts["rejected"] += 1
@@ -305,6 +312,7 @@ class Publisher:
         """Receive messages sent to `destination`: callback(headers: dict, body: bytes) runs on
         the client's receiver thread (keep it short). The subscription is renewed after every
         reconnect. A message published after this call on the same publisher is received."""
+        _check_destination(destination)
         with self._cond:
             if self._closing:
                 raise RuntimeError("Publisher is closed")
@@ -381,7 +389,7 @@ class Publisher:
                     not self._closing
                     and self._lost_reason is None
                     and not self._new_subscriptions
-                    and (not self._pending or len(self._in_flight) >= MAX_IN_FLIGHT)
+                    and (not self._pending or len(self._in_flight) >= self._in_flight_limit())
                 ):
                     self._cond.wait()
                 if self._closing:
@@ -389,11 +397,12 @@ class Publisher:
                 if self._lost_reason is not None:
                     reason = self._lost_reason
                     self._requeue_in_flight()
+                    self._note_error_loss(reason)
                     break
                 new_subs = [(i, self._subscriptions[i][0]) for i in self._new_subscriptions]
                 self._new_subscriptions.clear()
                 batch: list[_Entry] = []
-                room = min(BATCH_SIZE, MAX_IN_FLIGHT - len(self._in_flight))
+                room = min(BATCH_SIZE, self._in_flight_limit() - len(self._in_flight))
                 while self._pending and len(batch) < room:
                     entry = self._pending.popleft()
                     if entry.key is not None and self._by_key.get(entry.key) is entry:
@@ -418,9 +427,30 @@ class Publisher:
                         self._lost_reason = f"send failed: {exc or type(exc).__name__}"
                     reason = self._lost_reason
                     self._requeue_in_flight()
+                    self._note_error_loss(reason)
                 break
         self._teardown(graceful=False)
         self._note_outage(reason)
+
+    def _in_flight_limit(self) -> int:
+        # One message at a time while the broker has been answering with ERROR frames.
+        return 1 if self._error_streak else MAX_IN_FLIGHT
+
+    def _note_error_loss(self, reason: str) -> None:
+        # Lock held, in-flight already re-queued.
+        if not reason.startswith("ERROR frame"):
+            return
+        self._error_streak += 1
+        if self._error_streak >= POISON_AFTER_ERRORS and self._pending:
+            victim = self._pending.popleft()
+            if victim.key is not None and self._by_key.get(victim.key) is victim:
+                del self._by_key[victim.key]
+            self._counts["dropped"] += 1
+            self._error_streak = 1  # stay careful until a RECEIPT proves the rest is accepted
+            logger.error(
+                "Dropped a message to %s that broker %s refused %d times in a row (%s)",
+                victim.destination, self._where, POISON_AFTER_ERRORS, reason,
+            )
 
     def _requeue_in_flight(self) -> None:
         # Lock held. Unacknowledged messages go back in front, in order; one superseded by a
@@ -551,7 +581,9 @@ class Publisher:
         else:
             # After an ERROR frame the broker closes the connection (STOMP 1.2); the resulting
             # disconnect re-sends whatever was not acknowledged.
-            logger.error("STOMP broker %s sent an ERROR frame: %s", self._where, message.strip())
+            # Once per run of ERROR frames: a refused message is retried a few times before it is dropped.
+            log = logger.error if self._error_streak == 0 else logger.debug
+            log("STOMP broker %s sent an ERROR frame: %s", self._where, message.strip())
             self._on_lost(generation, f"ERROR frame: {message.strip()}")
 
     def _on_receipt(self, generation: int, receipt_id: str) -> None:
@@ -569,6 +601,7 @@ class Publisher:
             while self._in_flight and self._in_flight[0].seq <= seq:
                 self._in_flight.popleft()
                 self._counts["acknowledged"] += 1
+            self._error_streak = 0
             if not self._pending and not self._in_flight:
                 self._overflow_logged = False
             self._cond.notify_all()
@@ -607,6 +640,14 @@ def _encode(payload: Any) -> tuple[bytes, str]:
         text = json.dumps(payload, cls=DjangoJSONEncoder, separators=(",", ":"), ensure_ascii=False)
         return text.encode("utf-8"), "application/json"
     raise TypeError(f"payload must be a dict, list, str or bytes, not {type(payload).__name__}")
+
+
+def _check_destination(destination: Any) -> None:
+    if not isinstance(destination, str) or not destination.startswith(DESTINATION_PREFIXES):
+        raise ValueError(f"destination must start with /topic/ or /queue/, not {destination!r}")
+    name = destination.split("/", 2)[2]
+    if not name or any(c in name for c in "\r\n\0"):
+        raise ValueError(f"destination {destination!r} needs a name without line breaks after the prefix")
 
 
 def _describe(exc: BaseException) -> str:

@@ -425,3 +425,99 @@ def test_a_forked_child_gets_its_own_publisher_and_the_parent_keeps_working(
     assert parent.flush(10) is True
     received = subscriber.wait_for(3)
     assert received == [{"from": "parent", "n": 1}, {"from": "child"}, {"from": "parent", "n": 2}]
+
+
+class PickyBroker:
+    """A minimal STOMP server on a real socket, built on the project's codec: CONNECTED, RECEIPTs,
+    and for a SEND whose body is b"poison" an ERROR frame and a closed connection."""
+
+    def __init__(self):
+        from notifications.codec import Frame
+
+        self.Frame = Frame
+        self.received: list[bytes] = []
+        self.connections = 0
+        self._server = socket.socket()
+        self._server.bind(("127.0.0.1", 0))
+        self._server.listen(8)
+        self._server.settimeout(0.1)
+        self.port = self._server.getsockname()[1]
+        self._running = True
+        self._threads = [threading.Thread(target=self._accept, daemon=True)]
+        self._threads[0].start()
+
+    def _accept(self) -> None:
+        while self._running:
+            try:
+                sock, _ = self._server.accept()
+            except (TimeoutError, socket.timeout):
+                continue
+            except OSError:
+                return
+            self.connections += 1
+            t = threading.Thread(target=self._serve, args=(sock,), daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def _serve(self, sock: socket.socket) -> None:
+        from notifications.codec import FrameParser, encode_frame
+
+        Frame = self.Frame
+        parser = FrameParser()
+        sock.settimeout(5)
+        with sock:
+            while self._running:
+                try:
+                    data = sock.recv(65536)
+                except OSError:
+                    return
+                if not data:
+                    return
+                parser.receive_data(data)
+                for frame in parser.events_received():
+                    if not isinstance(frame, Frame):
+                        continue
+                    if frame.command in ("CONNECT", "STOMP"):
+                        sock.sendall(encode_frame(Frame("CONNECTED", (("version", "1.2"), ("heart-beat", "0,0")))))
+                    elif frame.command == "SEND" and frame.body == b"poison":
+                        sock.sendall(encode_frame(Frame("ERROR", (("message", "refused"),))))
+                        return
+                    elif frame.command == "SEND":
+                        self.received.append(frame.body)
+                    if frame.get("receipt"):
+                        sock.sendall(encode_frame(Frame("RECEIPT", (("receipt-id", frame.get("receipt")),))))
+
+    def close(self) -> None:
+        self._running = False
+        self._server.close()
+        for t in self._threads:
+            t.join(2)
+
+
+def test_a_message_the_broker_keeps_refusing_is_dropped_and_the_rest_delivered(make_publisher, caplog):
+    broker = PickyBroker()
+    try:
+        p = make_publisher(f"stomp://127.0.0.1:{broker.port}")
+        p.publish("/topic/test.picky", {"n": 1})
+        p.publish("/topic/test.picky", "poison")
+        p.publish("/topic/test.picky", {"n": 2})
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and (p.stats().pending or p.stats().in_flight):
+            time.sleep(0.02)
+        # At least once: {"n":1} went out in the first batch and again after the ERROR.
+        assert list(dict.fromkeys(broker.received)) == [b'{"n":1}', b'{"n":2}']
+        assert p.stats().dropped == 1
+        assert "Dropped a message to /topic/test.picky" in caplog.text
+        # 1: [1, poison, 2] -> ERROR; 2: [1] -> RECEIPT, then [poison, 2] -> ERROR; 3 and 4: [poison]
+        # alone -> ERROR, the third in a row: dropped; 5: [2].
+        assert broker.connections == 5
+    finally:
+        broker.close()
+
+
+def test_publishing_to_a_destination_outside_topic_and_queue_is_refused_without_raising(make_publisher, caplog):
+    p = make_publisher(f"stomp://127.0.0.1:{free_port()}")
+    p.publish("/exchange/amq.direct/x", {"n": 1})
+    p.publish("/topic/", {"n": 2})
+    assert p.stats().rejected == 2
+    assert "destination must start with /topic/ or /queue/" in caplog.text
