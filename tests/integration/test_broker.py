@@ -697,10 +697,7 @@ def test_an_oversized_frame_gets_an_error(start_broker, clients):
 def test_a_flood_without_frame_end_is_cut_off_at_the_limit(start_broker, clients):
     broker = start_broker(limits=Limits(max_frame_size=4096, max_body_size=2048))
     client = clients(broker.port)
-    client.send(b"SEND\ndestination:/queue/a\n\n")
-    with pytest.raises(OSError):
-        for _ in range(1000):
-            client.send(b"x" * 1024)
+    client.send(b"SEND\ndestination:/queue/a\n\n" + b"x" * 8192)
     assert client.frame().get("message") == (
         "Frame body is over the limit of 2048 bytes (or its NUL terminator is missing)"
     )
