@@ -30,6 +30,9 @@ DEFAULTS: dict[str, Any] = {
     "MAX_ATTEMPTS": 1,
     "RETRY_BACKOFF": 1.0,
     "RETRY_BACKOFF_MAX": 300.0,
+    # Seconds the built-in debug report (jobs.tasks.debug_report) pauses before each step, so a
+    # person can watch it run (about five seconds in all); tests set 0.
+    "DEBUG_REPORT_STEP_DELAY": 0.6,
 }
 
 

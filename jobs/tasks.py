@@ -370,12 +370,14 @@ STEPS: tuple[tuple[str, Callable[[], ReportSection]], ...] = (
 
 
 def _step_delay() -> float:
-    from django.conf import settings
+    from . import conf
 
-    jobs_settings = getattr(settings, "JOBS", {}) or {}
     try:
-        return max(0.0, float(jobs_settings.get("DEBUG_REPORT_STEP_DELAY", DEFAULT_STEP_DELAY)))
+        return max(0.0, float(conf.get("DEBUG_REPORT_STEP_DELAY")))
+    except KeyError:  # a jobs.conf without the key (older tree): the built-in default
+        return DEFAULT_STEP_DELAY
     except (TypeError, ValueError):
+        logger.warning("JOBS['DEBUG_REPORT_STEP_DELAY'] must be a number of seconds; using %s", DEFAULT_STEP_DELAY)
         return DEFAULT_STEP_DELAY
 
 
