@@ -14,7 +14,7 @@ from django.utils import timezone
 from . import destinations
 from .models import Level, Notification
 
-__all__ = ["notify", "broadcast", "unread_count", "mark_read", "recent"]
+__all__ = ["notify", "broadcast", "unread_count", "mark_read", "recent", "publish_event"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +46,12 @@ def _validated(title: str, text: str, level: str, link: str) -> tuple[str, str, 
     return title, text or "", level, link or ""
 
 
-def publish_event(destination: str, payload: dict) -> None:
-    """Hand an event to this process's STOMP connection; never raises (the DB row is the real copy)."""
+def publish_event(destination: str, payload: dict, *, coalesce_key: str | None = None) -> None:
+    """Hand an event to this process's STOMP connection; never raises (the DB row is the real copy).
+
+    In a web process whose hub is connected, the hub's connection carries it; elsewhere (worker,
+    shell, WSGI) notifications.publisher.publish does, with ``coalesce_key`` for its buffer.
+    """
     # Inside a web process whose hub is connected, reuse its connection (principle 2).
     try:
         from . import hub
@@ -65,7 +69,7 @@ def publish_event(destination: str, payload: dict) -> None:
         logger.warning("notifications.publisher is unavailable; event for %s not sent", destination)
         return
     try:
-        publish(destination, payload)
+        publish(destination, payload, coalesce_key=coalesce_key)
     except Exception:  # publish() promises not to raise; a bug there must not lose the row
         logger.exception("Publishing a notification event to %s failed", destination)
 

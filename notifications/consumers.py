@@ -147,7 +147,6 @@ class StompConsumer(AsyncWebsocketConsumer):
         self.by_broker: dict[str, list[ClientSubscription]] = {}
         self.mailbox = Mailbox(MAILBOX_SIZE, self._mailbox_ready)
         self.flush_task: asyncio.Task | None = None
-        self.timer_task: asyncio.Task | None = None
         self.message_ids = 0
         self.send_ms = 0
         self.expect_ms = 0
@@ -253,7 +252,7 @@ class StompConsumer(AsyncWebsocketConsumer):
             ("user-name", user.get_username()),
         ]
         await self._send_frame(Frame("CONNECTED", tuple(headers)))
-        self.timer_task = asyncio.create_task(self._timers())
+        _supervisor().add(self)
 
     async def _on_subscribe(self, frame: Frame) -> None:
         destination = frame.get("destination")
@@ -604,46 +603,43 @@ class StompConsumer(AsyncWebsocketConsumer):
 
     # ------------------------------------------------------------------ timers and rechecks
 
-    async def _timers(self) -> None:
+    def _timer_due(self, now: float) -> str | None:
+        """What the process supervisor must do for this socket now: "beat", "dead" or None."""
+        if self.expect_ms and now - self.last_received > self.expect_ms / 1000 * HEARTBEAT_GRACE:
+            return "dead"
+        if self.send_ms and now - self.last_sent >= self.send_ms / 1000 * 0.9:
+            return "beat"
+        return None
+
+    def _tick_wanted(self) -> float:
         intervals = [self.recheck_seconds]
         if self.send_ms:
             intervals.append(self.send_ms / 1000 / 2)
         if self.expect_ms:
             intervals.append(self.expect_ms / 1000 / 2)
-        tick = max(0.05, min(intervals))
-        while not self.closing:
-            await asyncio.sleep(tick)
-            now = time.monotonic()
-            if self.send_ms and now - self.last_sent >= self.send_ms / 1000 * 0.9:
-                await self._send_bytes(b"\n")
-            if self.expect_ms and now - self.last_received > self.expect_ms / 1000 * HEARTBEAT_GRACE:
-                logger.info("WebSocket of %s sent no heart-beat for %.1f s; closing", self.user, now - self.last_received)
-                await self._error_and_close(_Close("No heart-beat received"))
-                return
-            if self.subs and now - self.last_check >= self.recheck_seconds:
-                try:
-                    await self._recheck()
-                except Exception:
-                    logger.exception("Re-checking the session of a WebSocket failed")
+        return min(intervals)
 
-    async def _recheck(self) -> bool:
-        """Re-read session and permissions; end what no longer holds. False when the session ended."""
-        self.last_check = time.monotonic()
-        user_id = self.user.pk
-        state = await database_sync_to_async(permissions.session_state)(self.session_key, user_id)
+    def _apply_recheck(self, state: permissions.SessionState, allowed: bool) -> _Close | None:
         if state.user is None:
-            await self._error_and_close(_Close(f"Session ended ({state.reason}): log in again"))
-            return False
+            return _Close(f"Session ended ({state.reason}): log in again")
         self.user = state.user
         permission_subs = [s for s in self.subs.values() if s.needs_permission and s.active]
-        if permission_subs:
-            still = await database_sync_to_async(state.user.has_perm)(permissions.VIEW_JOB)
-            if not still:
-                lost = ", ".join(s.destination for s in permission_subs)
-                await self._error_and_close(
-                    _Close(f"Permission withdrawn for {lost}", destination=permission_subs[0].destination)
-                )
-                return False
+        if permission_subs and not allowed:
+            lost = ", ".join(s.destination for s in permission_subs)
+            return _Close(f"Permission withdrawn for {lost}", destination=permission_subs[0].destination)
+        return None
+
+    async def _recheck(self) -> bool:
+        """Re-read session and permissions now (before acting on a SEND). False when it ended."""
+        self.last_check = time.monotonic()
+        needs = any(s.needs_permission and s.active for s in self.subs.values())
+        [(state, allowed)] = await database_sync_to_async(permissions.session_states)(
+            [(self.session_key, self.user.pk, needs)]
+        )
+        close = self._apply_recheck(state, allowed)
+        if close is not None:
+            await self._error_and_close(close)
+            return False
         return True
 
     def session_logged_out(self) -> None:
@@ -679,9 +675,87 @@ class StompConsumer(AsyncWebsocketConsumer):
             if not group:
                 _by_session.pop(self.session_key, None)
         current = asyncio.current_task()
-        for task in (self.timer_task, self.flush_task):
+        supervisor = _supervisors.get(asyncio.get_running_loop())
+        if supervisor is not None:
+            supervisor.consumers.discard(self)
+        for task in (self.flush_task,):
             if task is not None and task is not current and not task.done():
                 task.cancel()
+
+
+class _Supervisor:
+    """The timers of every socket on one event loop, in one task instead of one per socket.
+
+    Each tick: heart-beats go out where due, silent browsers are closed, and sockets due for
+    their session re-check are checked together: one query for all their sessions, one for
+    their users (permissions only for users whose subscriptions depend on one).
+    """
+
+    def __init__(self) -> None:
+        self.consumers: set[StompConsumer] = set()
+        self.task: asyncio.Task | None = None
+        self.recheck_task: asyncio.Task | None = None
+
+    def add(self, consumer: StompConsumer) -> None:
+        self.consumers.add(consumer)
+        if self.task is None or self.task.done():
+            self.task = asyncio.get_running_loop().create_task(self._run(), name="stomp-websocket-timers")
+
+    async def _run(self) -> None:
+        while self.consumers:
+            tick = min((c._tick_wanted() for c in self.consumers), default=1.0)
+            await asyncio.sleep(min(1.0, max(0.05, tick)))
+            now = time.monotonic()
+            due = []
+            for consumer in list(self.consumers):
+                if consumer.closing:
+                    self.consumers.discard(consumer)
+                    continue
+                try:
+                    action = consumer._timer_due(now)
+                    if action == "dead":
+                        logger.info("WebSocket of %s sent no heart-beat; closing", consumer.user)
+                        await consumer._error_and_close(_Close("No heart-beat received"))
+                        continue
+                    if action == "beat":
+                        await consumer._send_bytes(b"\n")
+                except Exception:
+                    logger.exception("WebSocket timer failed")
+                if consumer.subs and now - consumer.last_check >= consumer.recheck_seconds:
+                    due.append(consumer)
+            if due and (self.recheck_task is None or self.recheck_task.done()):
+                for consumer in due:
+                    consumer.last_check = now
+                # Apart from the tick, so a slow database never delays heart-beats.
+                self.recheck_task = asyncio.get_running_loop().create_task(self._recheck(due))
+
+    async def _recheck(self, consumers: list[StompConsumer]) -> None:
+        entries = [
+            (c.session_key, c.user.pk, any(s.needs_permission and s.active for s in c.subs.values()))
+            for c in consumers
+        ]
+        try:
+            results = await database_sync_to_async(permissions.session_states)(entries)
+        except Exception:
+            logger.exception("Re-checking %d WebSocket sessions failed", len(consumers))
+            return
+        for consumer, (state, allowed) in zip(consumers, results):
+            if consumer.closing:
+                continue
+            close = consumer._apply_recheck(state, allowed)
+            if close is not None:
+                await consumer._error_and_close(close)
+
+
+_supervisors: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Supervisor] = weakref.WeakKeyDictionary()
+
+
+def _supervisor() -> _Supervisor:
+    loop = asyncio.get_running_loop()
+    supervisor = _supervisors.get(loop)
+    if supervisor is None:
+        supervisor = _supervisors[loop] = _Supervisor()
+    return supervisor
 
 
 @receiver(user_logged_out, dispatch_uid="notifications.consumers.logged_out")

@@ -22,6 +22,7 @@ __all__ = [
     "can_view_all_jobs",
     "can_cancel_job",
     "session_state",
+    "session_states",
     "VIEW_JOB",
     "CHANGE_JOB",
 ]
@@ -118,3 +119,54 @@ def session_state(session_key: str | None, user_id: Any) -> SessionState:
         if not stored or not constant_time_compare(stored, user.get_session_auth_hash()):
             return SessionState(None, "password changed")
     return SessionState(user)
+
+
+def session_states(entries: list[tuple[str | None, Any, bool]]) -> list[tuple[SessionState, bool]]:
+    """session_state() for many sockets at once: [(session_key, user_id, needs_view_job)] ->
+    [(state, still_has_view_job)], in order, with one query for the sessions (database session
+    engine), one for the users, and a permission check only for users who need one.
+    """
+    from django.conf import settings
+    from django.contrib.sessions.backends.db import SessionStore as DbSessionStore
+    from importlib import import_module
+
+    store_class = import_module(settings.SESSION_ENGINE).SessionStore
+    keys = {key for key, _, _ in entries if key}
+    sessions: dict[str, dict] = {}
+    if issubclass(store_class, DbSessionStore):
+        from django.utils import timezone
+
+        model = store_class.get_model_class()
+        decoder = store_class()
+        for row in model.objects.filter(session_key__in=keys, expire_date__gt=timezone.now()):
+            sessions[row.session_key] = decoder.decode(row.session_data)
+    else:
+        for key in keys:
+            sessions[key] = store_class(key).load()
+
+    wanted = {str(data.get(SESSION_KEY)) for data in sessions.values() if data.get(SESSION_KEY) is not None}
+    user_model = get_user_model()
+    users = {str(u.pk): u for u in user_model._default_manager.filter(pk__in=[w for w in wanted])} if wanted else {}
+    permission_cache: dict[str, bool] = {}
+    results = []
+    for key, user_id, needs_permission in entries:
+        data = sessions.get(key or "", {})
+        if str(data.get(SESSION_KEY)) != str(user_id):
+            results.append((SessionState(None, "logged out"), False))
+            continue
+        user = users.get(str(user_id))
+        if user is None or not getattr(user, "is_active", True):
+            results.append((SessionState(None, "inactive"), False))
+            continue
+        if hasattr(user, "get_session_auth_hash"):
+            stored = data.get(HASH_SESSION_KEY)
+            if not stored or not constant_time_compare(stored, user.get_session_auth_hash()):
+                results.append((SessionState(None, "password changed"), False))
+                continue
+        allowed = False
+        if needs_permission:
+            if str(user_id) not in permission_cache:
+                permission_cache[str(user_id)] = user.has_perm(VIEW_JOB)
+            allowed = permission_cache[str(user_id)]
+        results.append((SessionState(user), allowed))
+    return results
