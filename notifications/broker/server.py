@@ -377,8 +377,14 @@ class Connection(asyncio.Protocol):
         transport = self.transport
         if transport is not None:
             self.flush()
-            transport.close()
-            # A peer that never reads would keep a closing transport (and its buffer) forever.
+            if transport.can_write_eof():
+                # Lingering close: send FIN once the ERROR or RECEIPT is out, and keep reading
+                # (and discarding) until the peer closes. Closing with unread input would send a
+                # reset, and a reset can destroy the ERROR frame before the peer reads it.
+                transport.write_eof()
+            else:
+                transport.close()
+            # A peer that never reads, or never closes, is cut off after close_timeout.
             self.close_handle = self.broker.loop.call_later(self.broker.config.close_timeout, transport.abort)
 
     def _cleanup(self) -> None:
@@ -811,12 +817,23 @@ class Broker:
             else:
                 conn.close()
         self.flush()
+        # Wait until every client was handed its last frames (or went away), not for clients
+        # to close their side: a shutdown should not take close_timeout because one is idle.
         deadline = self.loop.time() + self.config.close_timeout if self.loop else 0
-        while self.connections and self.loop.time() < deadline:
+        while self.loop is not None and self.loop.time() < deadline and any(
+            c.transport is not None and c.transport.get_write_buffer_size() for c in self.connections
+        ):
             await asyncio.sleep(0.01)
         for conn in list(self.connections):
             if conn.transport is not None:
-                conn.transport.abort()
+                if conn.transport.get_write_buffer_size():
+                    conn.transport.abort()
+                else:
+                    conn.transport.close()
+        for _ in range(100):
+            if not self.connections:
+                break
+            await asyncio.sleep(0.01)
         await asyncio.sleep(0)
         if self.server is not None:
             try:
