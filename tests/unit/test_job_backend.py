@@ -172,9 +172,15 @@ def test_a_result_whose_task_was_removed_is_still_readable():
 
 @pytest.mark.django_db(transaction=True)
 def test_async_tasks_can_be_enqueued_and_read_with_the_async_api():
+    from asgiref.sync import sync_to_async
+    from django.db import connections
+
     async def go():
         result = await jobs_tasks.async_add.aenqueue(1, 2)
-        return await task_backends['default'].aget_result(result.id)
+        try:
+            return await task_backends['default'].aget_result(result.id)
+        finally:  # the executor thread's connection would otherwise outlive the test database
+            await sync_to_async(connections.close_all, thread_sensitive=True)()
 
     fetched = asyncio.run(go())
     assert (fetched.status, fetched.task.module_path) == (TaskResultStatus.READY, "tests.jobs_tasks.async_add")
