@@ -518,6 +518,28 @@ def test_the_prefetch_count_limits_unacknowledged_messages(embedded_broker, clie
     assert second.body == b"2"
 
 
+def test_a_topic_subscriber_that_never_acks_is_disconnected_at_the_unacked_limit(start_broker, clients):
+    broker = start_broker(max_unacked=3)
+    consumer = clients(broker.port)
+    subscribe(consumer, "/topic/acks", ack="client")
+    sender = clients(broker.port)
+    for _ in range(4):
+        send(sender, "/topic/acks", b"x")
+    assert [consumer.frame().command for _ in range(4)] == ["MESSAGE", "MESSAGE", "MESSAGE", "ERROR"]
+    assert consumer.closed()
+
+
+def test_a_stomp_1_0_client_acks_by_message_id(embedded_broker, clients):
+    consumer = clients(embedded_broker.port, connect=b"CONNECT\n\n\x00")
+    consumer.send(b"SUBSCRIBE\ndestination:/queue/v10\nack:client\nreceipt:s\n\n\x00")
+    assert consumer.frame().command == "RECEIPT"
+    send(clients(embedded_broker.port), "/queue/v10", b"x")
+    message_id = consumer.frame().get("message-id").encode()
+    consumer.send(b"ACK\nmessage-id:%s\nreceipt:k\n\n\x00" % message_id)
+    assert consumer.frame().get("receipt-id") == "k"
+    assert embedded_broker.stats().messages_acked == 1
+
+
 def test_an_ack_for_an_unknown_message_gets_an_error(embedded_broker, clients):
     client = clients(embedded_broker.port)
     client.send(b"ACK\nid:9/nope\nreceipt:a\n\n\x00")
@@ -656,6 +678,8 @@ def _error_then_closed(client: RawClient) -> Frame:
         (b"SUBSCRIBE\ndestination:/topic/a\nid:1\nack:sometimes\n\n\x00",
          "Invalid ack mode 'sometimes': use auto, client or client-individual"),
         (b"UNSUBSCRIBE\nid:nope\n\n\x00", "No subscription with id 'nope' on this connection"),
+        (b"SEND\ndestination:/exchange/x\n\n\x00",
+         "Unknown destination '/exchange/x': use /topic/<name> (publish-subscribe) or /queue/<name>"),
         (b"SEND\ndestination:/queue/a\nx:bad\\tescape\n\n\x00", "Undefined escape sequence '\\\\t' in a header"),
     ],
 )
