@@ -48,6 +48,13 @@ def attempt_number(context):
     return context.attempt
 
 
+@task(takes_context=True)
+def context_progress(context):
+    """Reports progress from a task taking context; returns whether the context names this job."""
+    report_progress(1, 1, "with context")
+    return context.task_result.id == current_job_id()
+
+
 @task
 def record_run(path, sleep=0.0):
     """Records the job id in ``path`` each time it runs (exactly-once checks)."""

@@ -98,6 +98,13 @@ def test_a_task_taking_context_sees_its_attempt_number():
     assert result.return_value == 1
 
 
+def test_a_task_taking_context_reports_progress_for_its_own_job():
+    result = jobs_tasks.context_progress.enqueue()
+    run_burst()
+    job = Job.objects.get(pk=result.id)
+    assert (job.result, job.progress_done, job.message) == (True, 1, "with context")
+
+
 def test_a_failing_task_ends_failed_with_type_message_and_traceback():
     result = jobs_tasks.always_fail.enqueue()
     run_burst()
