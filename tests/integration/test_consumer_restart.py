@@ -18,8 +18,7 @@ from notifications import destinations
 from notifications import hub as hub_module
 from notifications.hub import Hub
 
-from .stomp_ws_support import WsStomp, make_job, session_cookie
-from .test_hub import Relay, via
+from .stomp_ws_support import Relay, WsStomp, make_job, session_cookie, via
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(90), pytest.mark.slow]
 

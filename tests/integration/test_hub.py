@@ -7,86 +7,15 @@ connection to make broker outages.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import pytest
 
-from notifications.codec import HEARTBEAT, FrameParser
 from notifications.conf import parse_broker_url
 from notifications.hub import Hub
 
+from .stomp_ws_support import Relay, via
+
 pytestmark = [pytest.mark.timeout(60)]
-
-
-class Relay:
-    """127.0.0.1:port -> broker; records client frames; cut() drops, refuse/freeze simulate outages."""
-
-    def __init__(self, host: str, port: int):
-        self.target = (host, port)
-        self.server: asyncio.Server | None = None
-        self.port = 0
-        self.sent_frames: list = []  # frames from the hub, in order, all connections
-        self.connections = 0
-        self.refuse = False
-        self.frozen = False
-        self._pipes: set[asyncio.Task] = set()
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self.server.sockets[0].getsockname()[1]
-
-    async def _handle(self, reader, writer) -> None:
-        if self.refuse:
-            writer.close()
-            return
-        self.connections += 1
-        up_reader, up_writer = await asyncio.open_connection(*self.target)
-        self._writers.update((writer, up_writer))
-        parser = FrameParser()
-
-        async def pipe(src, dst, record: bool):
-            try:
-                while data := await src.read(65536):
-                    while self.frozen:
-                        await asyncio.sleep(0.01)
-                    if record:
-                        parser.receive_data(data)
-                        self.sent_frames.extend(e for e in parser.events_received() if e is not HEARTBEAT)
-                    dst.write(data)
-                    await dst.drain()
-            except (ConnectionError, OSError, asyncio.CancelledError):
-                pass
-            finally:
-                with contextlib.suppress(Exception):
-                    dst.close()
-
-        for task in (
-            asyncio.create_task(pipe(reader, up_writer, True)),
-            asyncio.create_task(pipe(up_reader, writer, False)),
-        ):
-            self._pipes.add(task)
-            task.add_done_callback(self._pipes.discard)
-
-    def cut(self) -> None:
-        for writer in list(self._writers):
-            with contextlib.suppress(Exception):
-                writer.transport.abort()
-        self._writers.clear()
-
-    async def close(self) -> None:
-        self.cut()
-        for task in list(self._pipes):
-            task.cancel()
-        if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
-
-    def commands(self, command: str, destination: str | None = None) -> list:
-        return [
-            f for f in self.sent_frames
-            if f.command == command and (destination is None or f.get("destination") == destination)
-        ]
 
 
 class Recorder:
@@ -116,12 +45,6 @@ async def relay(stomp_broker_url):
     await relay.start()
     yield relay
     await relay.close()
-
-
-def via(relay: Relay, broker_url: str) -> str:
-    url = parse_broker_url(broker_url)
-    auth = f"{url.login}:{url.passcode}@" if url.login else ""
-    return f"stomp://{auth}127.0.0.1:{relay.port}"
 
 
 @pytest.fixture
