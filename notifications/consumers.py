@@ -403,7 +403,7 @@ class StompConsumer(AsyncWebsocketConsumer):
 
     async def _send_snapshot(self, sub: ClientSubscription) -> None:
         """Send what the database says now, then the events that arrived meanwhile (newer only)."""
-        for data in await database_sync_to_async(self._snapshot_data)(sub):
+        for data in await database_sync_to_async(self._snapshot_data)(sub, list(sub.last_seq)):
             self._send_event(sub, data)
         await self._flush_pending_writes()
         sub.primed = True
@@ -411,7 +411,8 @@ class StompConsumer(AsyncWebsocketConsumer):
         for event in early:
             self.mailbox.put((sub, event), self._key(sub, event), event.seq)
 
-    def _snapshot_data(self, sub: ClientSubscription) -> list[dict]:
+    def _snapshot_data(self, sub: ClientSubscription, seen: list[str]) -> list[dict]:
+        """The database's view for ``sub`` (runs in a thread: ``seen`` is a copy of sub.last_seq)."""
         from . import api
 
         if sub.kind is Kind.NOTIFICATIONS:
@@ -436,7 +437,6 @@ class StompConsumer(AsyncWebsocketConsumer):
             active = active.filter(owner=self.user)
         # Besides the running ones, jobs this subscription saw unfinished (a resync after an
         # outage must show how they ended).
-        seen = [job_id for job_id in sub.last_seq]
         jobs = list(active.order_by("-enqueued_at")[:LIST_SNAPSHOT_LIMIT])
         if seen:
             known = {str(j.pk) for j in jobs}
@@ -456,7 +456,7 @@ class StompConsumer(AsyncWebsocketConsumer):
         for sub in list(self.subs.values()):
             if sub.active and sub.primed:
                 try:
-                    for data in await database_sync_to_async(self._snapshot_data)(sub):
+                    for data in await database_sync_to_async(self._snapshot_data)(sub, list(sub.last_seq)):
                         if sub.active:
                             self._send_event(sub, data)
                 except Exception:
