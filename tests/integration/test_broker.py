@@ -2,13 +2,15 @@
 with literal bytes (stomp.py is exercised in test_broker_stomppy.py)."""
 from __future__ import annotations
 
+import asyncio
+import errno
 import re
 import socket
 import time
 
 import pytest
 
-from notifications.broker import BrokerConfig, BrokerThread, QueueOverflow
+from notifications.broker import Broker, BrokerConfig, BrokerThread, QueueOverflow
 from notifications.codec import Frame, FrameParser, Limits
 
 CONNECT = b"CONNECT\naccept-version:1.2\nhost:localhost\n\n\x00"
@@ -862,3 +864,30 @@ def test_the_broker_serves_on_asyncios_default_loop_too(start_broker, clients):
     send(clients(broker.port), "/queue/plain", b"x")
     consumer.send(b"ACK\nid:%s\nreceipt:a\n\n\x00" % consumer.frame().get("ack").encode())
     assert consumer.frame().get("receipt-id") == "a"
+
+
+def test_a_broker_thread_on_a_taken_port_raises_address_in_use():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(OSError) as info:
+            BrokerThread(BrokerConfig(port=taken.getsockname()[1])).start()
+    assert info.value.errno == errno.EADDRINUSE
+
+
+async def test_run_serves_until_its_injected_shutdown_trigger_completes():
+    stop = asyncio.Event()
+    broker = Broker(BrokerConfig(close_timeout=2.0))
+    task = asyncio.create_task(broker.run(stop.wait))
+    for _ in range(500):
+        if broker.port:
+            break
+        await asyncio.sleep(0.01)
+    reader, writer = await asyncio.open_connection("127.0.0.1", broker.port)
+    writer.write(CONNECT)
+    assert (await asyncio.wait_for(reader.readuntil(b"\x00"), 5)).startswith(b"CONNECTED\n")
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    error = await asyncio.wait_for(reader.readuntil(b"\x00"), 5)
+    assert error.startswith(b"ERROR\nmessage:Broker shutting down\n")
+    writer.close()
