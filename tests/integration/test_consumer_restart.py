@@ -199,3 +199,49 @@ async def test_a_notification_sent_during_an_outage_is_counted_after_reconnect(s
         await client.close()
         await hub_module.shutdown()
         await relay.close()
+
+
+async def test_the_all_jobs_list_learns_how_a_job_ended_during_an_outage(settings, embedded_broker):
+    from django.contrib.auth.models import Permission
+
+    from .stomp_ws_support import Relay, via
+
+    relay = Relay(embedded_broker.host, embedded_broker.port)
+    await relay.start()
+    _settings(settings, via(relay, embedded_broker.url))
+
+    def make_staff():
+        user = get_user_model().objects.create_user("staff")
+        user.user_permissions.add(Permission.objects.get(codename="view_job", content_type__app_label="jobs"))
+        return user
+
+    staff = await database_sync_to_async(make_staff)()
+    owner = await database_sync_to_async(get_user_model().objects.create_user)("owner")
+    job = await database_sync_to_async(make_job)(owner, progress_total=10)
+    worker = Hub(embedded_broker.url)
+    worker.start()
+    client = WsStomp(await database_sync_to_async(session_cookie)(staff))
+    try:
+        assert await worker.wait_connected(10)
+        assert await client.open()
+        await client.connect()
+        await client.subscribe(destinations.JOBS_ALL)
+        assert (await client.next_message())["status"] == "READY"  # the list snapshot: active jobs
+        worker.publish(destinations.JOBS_ALL, await _write(job, status="RUNNING"))
+        assert (await client.next_message())["status"] == "RUNNING"
+
+        relay.refuse = True
+        relay.cut()
+        worker.publish(destinations.JOBS_ALL, await _write(job, status="FAILED", error_type="x.Boom", error_message="boom"))
+        await asyncio.sleep(0.3)
+        relay.refuse = False
+
+        seen = await _until_final(client)
+        assert (seen[-1]["id"], seen[-1]["status"], seen[-1]["error"]) == (
+            str(job.pk), "FAILED", {"type": "x.Boom", "message": "boom"},
+        )
+    finally:
+        await client.close()
+        await worker.close()
+        await hub_module.shutdown()
+        await relay.close()
