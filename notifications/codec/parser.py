@@ -26,6 +26,21 @@ VERSIONS = ("1.0", "1.1", "1.2")
 _COMMAND_PREVIEW = 16
 
 _DEFAULT_LIMITS = Limits()
+
+# The parser builds every Frame through its slot descriptors: the frozen dataclass's generated
+# __init__ goes through object.__setattr__ per field, about twice the cost, once per frame.
+_new_object = object.__new__
+_set_command = Frame.command.__set__  # type: ignore[attr-defined]
+_set_headers = Frame.headers.__set__  # type: ignore[attr-defined]
+_set_body = Frame.body.__set__  # type: ignore[attr-defined]
+
+
+def _frame(command: str, headers: tuple[tuple[str, str], ...], body: bytes) -> Frame:
+    frame = _new_object(Frame)
+    _set_command(frame, command)
+    _set_headers(frame, headers)
+    _set_body(frame, body)
+    return frame
 # Commands of the specification: valid without checking their characters one by one.
 _COMMANDS = frozenset(
     {"CONNECT", "STOMP", "CONNECTED", "SEND", "SUBSCRIBE", "UNSUBSCRIBE", "ACK", "NACK", "BEGIN", "COMMIT",
@@ -194,7 +209,7 @@ class FrameParser:
                     self._pending = (command, headers, body_start - pos, None, n - pos)
                     break
             body = bytes(buf[body_start:end])
-            events.append(Frame(command, headers, body))
+            events.append(_frame(command, headers, body))
             pos = end + 1
         return pos
 

@@ -389,3 +389,12 @@ def test_the_codec_imports_neither_django_nor_asyncio():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_parsed_frames_are_as_immutable_as_constructed_ones():
+    parser = FrameParser()
+    parser.receive_data(b"SEND\ndestination:/q\n\nx\x00")
+    (frame,) = parser.events_received()
+    with pytest.raises(AttributeError):
+        frame.body = b"changed"  # type: ignore[misc]
+    assert hash(frame) == hash(Frame("SEND", (("destination", "/q"),), b"x"))
