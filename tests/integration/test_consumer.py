@@ -578,3 +578,19 @@ async def test_a_send_after_logout_is_refused(live, alice):
     assert (frame.command, frame.get("message")) == ("ERROR", "Session ended (logged out): log in again")
     await database_sync_to_async(job.refresh_from_db)()
     assert job.status == "READY"
+
+
+async def test_a_socket_that_falls_behind_gets_an_error_and_is_closed_to_resync(live, worker, alice, monkeypatch):
+    from notifications import consumers
+
+    monkeypatch.setattr(consumers, "MAILBOX_SIZE", 5)
+    client = await connected_client(alice)
+    await client.subscribe(destinations.USER_NOTIFICATIONS, receipt="r")
+    await client.next_message()
+    assert (await client.next_control_frame()).command == "RECEIPT"
+    # Notifications do not coalesce: a burst delivered in one read overflows the 5 slots.
+    for n in range(300):
+        worker.publish(destinations.user_notifications(alice.pk), {"type": "notification", "id": n, "title": "x"})
+    frame = await client.next_control_frame(timeout=10)
+    assert (frame.command, frame.get("message")) == ("ERROR", "Too many messages waiting: reconnect to resynchronise")
+    await client.expect_closed()
