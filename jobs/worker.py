@@ -568,7 +568,12 @@ class Worker:
         if job.cas_update(**changes):
             run.unsaved_log = []
             return True
-        job.refresh_from_db()
+        try:
+            job.refresh_from_db()
+        except Job.DoesNotExist:
+            logger.warning("Job %s was deleted while it ran; this worker dropped its run", job.pk)
+            self._abandon(run)
+            return False
         if job.status != JobStatus.RUNNING or job.worker_id != self.worker_id:
             logger.warning("Job %s is %s on %r now; this worker dropped its run", job.pk, job.status, job.worker_id)
             self._abandon(run)
