@@ -26,6 +26,7 @@ from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.consumer import get_handler_name
 from django.contrib.auth.signals import user_logged_out
 from django.dispatch import receiver
 
@@ -126,6 +127,15 @@ class StompConsumer(AsyncWebsocketConsumer):
     channel_layer_alias = "__notifications_no_channel_layer__"
 
     # ------------------------------------------------------------------ WebSocket
+
+    async def dispatch(self, message: dict) -> None:
+        # Channels' dispatch runs close_old_connections in a thread before every message,
+        # heart-beats included; every database access here goes through
+        # database_sync_to_async, which does that itself, so skip the thread hop.
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
 
     async def connect(self) -> None:
         offered = self.scope.get("subprotocols") or []
