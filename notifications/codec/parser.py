@@ -26,6 +26,9 @@ VERSIONS = ("1.0", "1.1", "1.2")
 _COMMAND_PREVIEW = 16
 
 _DEFAULT_LIMITS = Limits()
+# Header blocks worth remembering (bytes), and how many per parser.
+_CACHEABLE_HEADERS = 512
+_CACHE_ENTRIES = 64
 
 # The parser builds every Frame through its slot descriptors: the frozen dataclass's generated
 # __init__ goes through object.__setattr__ per field, about twice the cost, once per frame.
@@ -74,7 +77,9 @@ class FrameParser:
     header; a caller that negotiates otherwise may set it after reading those frames.
     """
 
-    __slots__ = ("limits", "version", "_buf", "_events", "_error", "_hscan", "_pending", "_crlf")
+    __slots__ = (
+        "limits", "version", "_buf", "_events", "_error", "_hscan", "_pending", "_crlf", "_cache", "_cache_version",
+    )
 
     def __init__(self, limits: Limits = _DEFAULT_LIMITS, version: str = "1.2") -> None:
         if version not in VERSIONS:
@@ -89,6 +94,10 @@ class FrameParser:
         # whose headers are parsed but whose body has not fully arrived yet.
         self._pending: tuple[str, tuple[tuple[str, str], ...], int, int | None, int] | None = None
         self._crlf = False  # the peer's last frame used CRLF: look for that first
+        # Parsed header blocks by their raw bytes: a producer repeats the same few blocks
+        # (same destination, same headers, same body size), and a hit skips all header work.
+        self._cache: dict[bytes, tuple[str, tuple[tuple[str, str], ...], int | None]] = {}
+        self._cache_version = version
 
     @property
     def buffered(self) -> int:
@@ -182,7 +191,21 @@ class FrameParser:
                     self._hscan = max(0, n - pos - 2)
                     break
                 self._hscan = 0
-                command, headers, length = self._parse_headers(buf, pos, header_end)
+                raw = buf[pos:header_end]
+                if raw.__class__ is not bytes:
+                    raw = bytes(raw)
+                cache = self._cache
+                if self._cache_version != self.version:
+                    cache.clear()
+                    self._cache_version = self.version
+                parsed = cache.get(raw)
+                if parsed is None:
+                    parsed = self._parse_headers(raw)
+                    if len(raw) <= _CACHEABLE_HEADERS and parsed[0] not in UNESCAPED_COMMANDS:
+                        if len(cache) >= _CACHE_ENTRIES:
+                            cache.clear()
+                        cache[raw] = parsed
+                command, headers, length = parsed
                 scan = body_start
             if length is not None:
                 end = body_start + length
@@ -230,12 +253,10 @@ class FrameParser:
                 f"Header line is over the limit of {limits.max_header_line} bytes"
             )
 
-    def _parse_headers(
-        self, buf: bytes | bytearray, pos: int, header_end: int
-    ) -> tuple[str, tuple[tuple[str, str], ...], int | None]:
+    def _parse_headers(self, raw: bytes) -> tuple[str, tuple[tuple[str, str], ...], int | None]:
         limits = self.limits
         try:
-            text = buf[pos:header_end].decode("utf-8")
+            text = raw.decode("utf-8")
         except UnicodeDecodeError:
             raise RemoteProtocolError("Frame headers are not valid UTF-8") from None
         lines = text.split("\n")
@@ -250,7 +271,7 @@ class FrameParser:
             raise RemoteProtocolError(
                 f"Frame has {len(lines) - 1} headers, over the limit of {limits.max_headers}"
             )
-        if header_end - pos > limits.max_header_line:
+        if len(raw) > limits.max_header_line:
             for line in lines:
                 if len(line.encode("utf-8")) > limits.max_header_line:
                     raise RemoteProtocolError(

@@ -398,3 +398,17 @@ def test_parsed_frames_are_as_immutable_as_constructed_ones():
     with pytest.raises(AttributeError):
         frame.body = b"changed"  # type: ignore[misc]
     assert hash(frame) == hash(Frame("SEND", (("destination", "/q"),), b"x"))
+
+
+def test_a_repeated_header_block_is_unescaped_per_the_current_version():
+    parser = FrameParser()
+    parser.receive_data(b"SEND\ndestination:/q\nx:a\\cb\n\n\x00")
+    parser.version = "1.0"
+    parser.receive_data(b"SEND\ndestination:/q\nx:a\\cb\n\n\x00")
+    assert [f.get("x") for f in parser.events_received()] == ["a:b", "a\\cb"]
+
+
+def test_many_distinct_header_blocks_parse_correctly():
+    parser = FrameParser()
+    parser.receive_data(b"".join(b"SEND\ndestination:/q\nreceipt:%d\n\n\x00" % i for i in range(300)))
+    assert [f.get("receipt") for f in parser.events_received()] == [str(i) for i in range(300)]
