@@ -220,3 +220,48 @@ def test_a_page_whose_server_restarted_reconnects_and_catches_up_with_a_job_that
     expect(widget).to_have_attribute("data-status", "SUCCESSFUL", timeout=JOB_TIMEOUT_MS)
     expect(widget.locator("[data-field=result]")).to_be_visible()
     assert page.evaluate("window.__sameDocument") is True
+
+
+@pytest.mark.parametrize("live_stack", [{"worker": False}], indirect=True)
+def test_the_cancel_button_cancels_over_the_websocket_and_the_page_shows_it_without_a_reload(new_page):
+    page = new_page("alice")
+    job_id = start_debug_report(page)  # no worker: the job stays READY until cancelled
+    widget = page.locator(f'[data-job-live][data-job-id="{job_id}"]')
+    expect(widget).to_have_attribute("data-live", "live")
+    page.evaluate("window.__sameDocument = true")
+
+    widget.locator("[data-action=cancel]").click()
+
+    expect(widget).to_have_attribute("data-status", "CANCELLED")
+    expect(widget.locator("[data-field=status]")).to_have_text("Cancelled")
+    expect(widget.locator("[data-action=cancel]")).to_be_hidden()
+    assert page.evaluate("window.__sameDocument") is True
+
+
+def test_without_javascript_the_job_page_shows_the_state_of_the_job_when_it_is_loaded(browser, live_stack):
+    context = browser.new_context(base_url=live_stack.url, java_script_enabled=False)
+    try:
+        page = context.new_page()
+        page.goto("/login/")
+        page.fill("input[name=username]", "alice")
+        page.fill("input[name=password]", "alice-pass-1")
+        page.click("form button[type=submit]")
+        page.wait_for_url(lambda url: "/login/" not in url)
+        job_id = start_debug_report(page)
+        live_stack.shell(
+            "import time\n"
+            "from jobs.models import Job\n"
+            "for _ in range(600):\n"
+            f"    if Job.objects.get(pk='{job_id}').is_final: break\n"
+            "    time.sleep(0.1)\n"
+        )
+
+        page.reload()
+
+        widget = page.locator(f'[data-job-live][data-job-id="{job_id}"]')
+        expect(widget.locator("[data-field=status]")).to_have_text("Done")
+        expect(widget.locator("[data-field=percent]")).to_have_text("100%")
+        expect(widget.locator("[data-field=result]")).to_be_visible()
+        expect(page.locator(".ln-badge")).to_have_text("1")
+    finally:
+        context.close()
