@@ -26,9 +26,10 @@ VERSIONS = ("1.0", "1.1", "1.2")
 _COMMAND_PREVIEW = 16
 
 _DEFAULT_LIMITS = Limits()
-# Header blocks worth remembering (bytes), and how many per parser.
+# SEND header blocks worth remembering (bytes), and how many per parser: a few, since every
+# connection has its own cache and idle ones must stay small.
 _CACHEABLE_HEADERS = 512
-_CACHE_ENTRIES = 64
+_CACHE_ENTRIES = 16
 
 # The parser builds every Frame through its slot descriptors: the frozen dataclass's generated
 # __init__ goes through object.__setattr__ per field, about twice the cost, once per frame.
@@ -94,7 +95,7 @@ class FrameParser:
         # whose headers are parsed but whose body has not fully arrived yet.
         self._pending: tuple[str, tuple[tuple[str, str], ...], int, int | None, int] | None = None
         self._crlf = False  # the peer's last frame used CRLF: look for that first
-        # Parsed header blocks by their raw bytes: a producer repeats the same few blocks
+        # Parsed SEND header blocks by their raw bytes: a producer repeats the same few blocks
         # (same destination, same headers, same body size), and a hit skips all header work.
         self._cache: dict[bytes, tuple[str, tuple[tuple[str, str], ...], int | None]] = {}
         self._cache_version = version
@@ -201,7 +202,7 @@ class FrameParser:
                 parsed = cache.get(raw)
                 if parsed is None:
                     parsed = self._parse_headers(raw)
-                    if len(raw) <= _CACHEABLE_HEADERS and parsed[0] not in UNESCAPED_COMMANDS:
+                    if parsed[0] == "SEND" and len(raw) <= _CACHEABLE_HEADERS:
                         if len(cache) >= _CACHE_ENTRIES:
                             cache.clear()
                         cache[raw] = parsed
