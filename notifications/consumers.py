@@ -39,6 +39,7 @@ from .codec import (
     Limits,
     RemoteProtocolError,
     encode_frame,
+    escape,
     negotiate_version,
 )
 from .hub import Event, Mailbox, get_hub
@@ -100,6 +101,7 @@ class ClientSubscription:
     primed: bool = False  # the snapshot went out; live events may follow
     early: list = field(default_factory=list)  # events that arrived before the snapshot
     last_seq: dict[str, int] = field(default_factory=dict)
+    header_prefix: str = ""  # "MESSAGE\ndestination:...\nsubscription:...\n", escaped for the version
 
 
 class _Close(Exception):
@@ -162,7 +164,7 @@ class StompConsumer(AsyncWebsocketConsumer):
         self.expect_ms = 0
         self.last_sent = self.last_received = self.last_check = time.monotonic()
         self.hub = None
-        self.writes: list[bytes] = []  # encoded frames, sent in order by _flush_pending_writes
+        self.writes: list[bytes | str] = []  # encoded frames, sent in order by _flush_pending_writes
         self.overflowing = False
         await self.accept(subprotocol)
 
@@ -278,6 +280,8 @@ class StompConsumer(AsyncWebsocketConsumer):
         if len(self.subs) >= MAX_SUBSCRIPTIONS:
             raise _Close(f"At most {MAX_SUBSCRIPTIONS} subscriptions per connection", destination=destination)
         sub = await self._authorize(sub_id, destination, frame.get("receipt"))
+        esc = escape if self.version != "1.0" else str
+        sub.header_prefix = f"MESSAGE\ndestination:{esc(sub.destination)}\nsubscription:{esc(sub.id)}\n"
         self.subs[sub_id] = sub
         for broker_destination in sub.broker_destinations:
             self.by_broker.setdefault(broker_destination, []).append(sub)
@@ -547,25 +551,36 @@ class StompConsumer(AsyncWebsocketConsumer):
                 sub.last_seq[job_id] = seq
                 if len(sub.last_seq) > SEQ_MEMORY:
                     sub.last_seq.pop(next(iter(sub.last_seq)))
-        if event is not None:
-            body = event.body
-            content_type = event.content_type or "application/json"
-        else:
-            body = json.dumps(data, separators=(",", ":")).encode("utf-8")
-            content_type = "application/json"
         self.message_ids += 1
-        frame = Frame(
-            "MESSAGE",
-            (
-                ("destination", sub.destination),
-                ("message-id", str(self.message_ids)),
-                ("subscription", sub.id),
-                ("content-type", content_type),
-                ("content-length", str(len(body))),
-            ),
-            body,
+        if event is None:
+            # ASCII JSON: its length in characters is its length in bytes.
+            text = json.dumps(data, separators=(",", ":"))
+            length, content_type = len(text), "application/json"
+        elif event.text is not None:
+            text, length = event.text, len(event.body)
+            content_type = event.content_type or "application/json"
+        else:  # a binary body: a binary WebSocket message, through the codec
+            frame = Frame(
+                "MESSAGE",
+                (
+                    ("destination", sub.destination),
+                    ("subscription", sub.id),
+                    ("message-id", str(self.message_ids)),
+                    ("content-type", event.content_type or "application/octet-stream"),
+                    ("content-length", str(len(event.body))),
+                ),
+                event.body,
+            )
+            self.writes.append(encode_frame(frame, self.version))
+            return
+        # The hot path (one per delivery): the subscription's escaped header lines are made
+        # once at SUBSCRIBE, the body text once per broker message.
+        if self.version != "1.0":
+            content_type = escape(content_type)
+        self.writes.append(
+            f"{sub.header_prefix}message-id:{self.message_ids}\ncontent-type:{content_type}\n"
+            f"content-length:{length}\n\n{text}\x00"
         )
-        self.writes.append(encode_frame(frame, self.version))
 
     async def _flush_pending_writes(self) -> None:
         writes = self.writes
@@ -575,7 +590,14 @@ class StompConsumer(AsyncWebsocketConsumer):
 
     # ------------------------------------------------------------------ sending
 
-    async def _send_bytes(self, data: bytes) -> None:
+    async def _send_bytes(self, data: bytes | str) -> None:
+        """Send one encoded frame: str as a text message, bytes as text if UTF-8, else binary."""
+        if isinstance(data, str):
+            if self.closing:
+                return
+            self.last_sent = time.monotonic()
+            await self.send(text_data=data)
+            return
         if self.closing and not data.startswith(b"ERROR"):
             return
         self.last_sent = time.monotonic()

@@ -18,6 +18,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Protocol
 
 from . import conf
@@ -83,12 +84,22 @@ class Event:
     def final(self) -> bool:
         return bool(self.data is not None and self.data.get("final"))
 
-    @property
+    # Computed once per broker message, however many sockets it goes to (cached_property
+    # writes the instance __dict__ directly, which a frozen dataclass allows).
+    @cached_property
     def content_type(self) -> str | None:
         for name, value in self.headers:
             if name == "content-type":
                 return value
         return None
+
+    @cached_property
+    def text(self) -> str | None:
+        """The body as text for WebSocket text frames, or None if it is not UTF-8."""
+        try:
+            return self.body.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
 
 
 class Listener(Protocol):
