@@ -222,7 +222,10 @@ class Job(models.Model):
             return []
         columns = tuple(items[0][1])
         db = router.db_for_write(cls)
-        rows = _cas_execute_many(cls, [(job.pk, job.seq, changes) for job, changes in items], columns)
+        if len(items) == 1:  # executemany's pipeline costs round trips of its own on PostgreSQL
+            rows = _cas_execute(cls, items[0][0].pk, items[0][0].seq, items[0][1])
+        else:
+            rows = _cas_execute_many(cls, [(job.pk, job.seq, changes) for job, changes in items], columns)
         if rows == len(items):
             applied = [True] * len(items)
         else:  # some lost to a concurrent writer: read back which rows carry exactly our write

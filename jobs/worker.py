@@ -203,6 +203,7 @@ class Worker:
         self.started = threading.Event()  # set once run() is ready to claim (tests wait on it)
         self.polls = 0  # claim queries made so far
         self._claim_statements: tuple[str, str] | None = None
+        self._claim_returning: str | None = None
 
     # Control --------------------------------------------------------------------------------
 
@@ -337,6 +338,8 @@ class Worker:
         """
         self.polls += 1
         now = timezone.now()
+        if connection.vendor == "postgresql":
+            return self._claim_rows_returning(limit, now)
         select_sql, update_sql = self._claim_sql()
         params = [JobStatus.READY, self.backend.alias, *self.queues, Job._meta.get_field("run_after").get_db_prep_value(now, connection), limit]
         jobs = list(Job.objects.raw(select_sql, params))
@@ -361,6 +364,31 @@ class Worker:
                 job.attempts += 1
                 job.seq += 1
                 job.progress_done, job.progress_total, job.message = 0, None, ""
+        return jobs
+
+    def _claim_rows_returning(self, limit: int, now: datetime) -> list[Job]:
+        """PostgreSQL: select (SKIP LOCKED) and mark RUNNING in one statement, one round trip."""
+        if self._claim_returning is None:
+            qn = connection.ops.quote_name
+            meta = Job._meta
+            col = {f.name: qn(f.column) for f in meta.concrete_fields}
+            table = qn(meta.db_table)
+            queues = ", ".join(["%s"] * len(self.queues))
+            self._claim_returning = (
+                f"UPDATE {table} SET {col['status']} = %s, {col['started_at']} = %s, {col['heartbeat_at']} = %s, "
+                f"{col['finished_at']} = NULL, {col['worker_id']} = %s, "
+                f"{col['worker_ids']} = {col['worker_ids']} || jsonb_build_array(%s::text), "
+                f"{col['attempts']} = {col['attempts']} + 1, {col['seq']} = {col['seq']} + 1, "
+                f"{col['progress_done']} = 0, {col['progress_total']} = NULL, {col['message']} = '' "
+                f"WHERE {col['id']} IN (SELECT {col['id']} FROM {table} WHERE {col['status']} = %s "
+                f"AND {col['backend']} = %s AND {col['queue']} IN ({queues}) AND {col['run_after']} <= %s "
+                f"ORDER BY {col['priority']} DESC, {col['run_after']} ASC LIMIT %s FOR UPDATE SKIP LOCKED) "
+                f"RETURNING {', '.join(col[f.name] for f in meta.concrete_fields)}"
+            )
+        params = [JobStatus.RUNNING, now, now, self.worker_id, self.worker_id,
+                  JobStatus.READY, self.backend.alias, *self.queues, now, limit]
+        jobs = list(Job.objects.raw(self._claim_returning, params))
+        jobs.sort(key=lambda job: (-job.priority, job.run_after))
         return jobs
 
     def _claim_sql(self) -> tuple[str, str]:
