@@ -61,7 +61,7 @@ def environment(var_dir: Path, broker_url: str) -> dict[str, str]:
     env.pop("DATABASE_URL", None)
     env.update(
         {
-            "DJANGO_SETTINGS_MODULE": "project.settings",
+            "DJANGO_SETTINGS_MODULE": "tests.browser.e2e_settings",
             "DATABASE_URL": f"sqlite:///{var_dir / 'db.sqlite3'}",
             "DJANGO_VAR_DIR": str(var_dir),
             "STOMP_BROKER_URL": broker_url,
