@@ -8,7 +8,6 @@ a while, which is what the web process sees of a restart.
 from __future__ import annotations
 
 import asyncio
-import json
 
 import pytest
 from channels.db import database_sync_to_async
@@ -91,7 +90,9 @@ async def test_a_job_that_finished_while_the_embedded_broker_was_down_shows_its_
         assert [(e["status"], e["seq"]) for e in seen][-1] == ("SUCCESSFUL", 2)
         assert await worker.wait_connected(10)
         # The late live copy of the same state is not shown twice.
-        worker.publish(destinations.job(job.pk), await database_sync_to_async(lambda: __import__("jobs.events").events.job_event(job))())
+        from jobs.events import job_event
+
+        worker.publish(destinations.job(job.pk), await database_sync_to_async(job_event)(job))
         assert await client.nothing_more(0.5)
     finally:
         if client is not None:
