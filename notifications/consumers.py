@@ -11,7 +11,26 @@ Browser-visible destinations:
   /user/queue/jobs           events of the jobs the user owns
   /topic/jobs.<uuid>         one job (its owner, or jobs.view_job)
   /topic/jobs.all            every job (jobs.view_job)
-SEND destinations: /app/jobs.cancel {"job": "<uuid>"}, /app/notifications.read {"id"|"ids"|"all"}.
+SEND destinations: /app/jobs.cancel {"job": "<uuid>"} (owner or jobs.change_job; cancelling a
+finished job is a no-op), /app/notifications.read {"id": 12} | {"ids": [..]} | {"all": true}.
+
+Snapshots: a job subscription first gets the job's event JSON from the database; a list
+(/topic/jobs.all, /user/queue/jobs) the READY and RUNNING jobs (at most 50); notifications
+{"type": "notifications.sync", "unread": n, "notifications": [unread ones, newest first]}.
+The same snapshots are sent again after the hub reconnects to the broker. Job events carry
+``seq``: anything not newer than what a subscription already sent is dropped here.
+
+Refusals are ERROR frames (with ``message`` and, when a destination is at fault, a
+``destination`` header), after which the socket closes, as STOMP requires. Anonymous sockets
+are refused at CONNECT. The session and permissions are read again on every SEND, every
+NOTIFICATIONS["SESSION_RECHECK_SECONDS"] for sockets with subscriptions (batched for all the
+sockets of the process), and at once on user_logged_out in this process: a session that ended
+or a withdrawn jobs.view_job ends the socket with an ERROR.
+
+Backpressure: job events coalesce per subscription (the newest seq wins) while a socket's
+outbox waits; past MAILBOX_SIZE pending messages the socket gets an ERROR and is closed, and
+its client reconnects and resyncs from snapshots. (Daphne gives an ASGI app no view of a
+socket's write buffer, so a browser that reads slowly is buffered by daphne, not here.)
 """
 from __future__ import annotations
 
