@@ -295,6 +295,9 @@ async function ackScenario(ackMode, toAck) {
   await first.deactivate();  // leaves with the rest unacknowledged
   const { client } = await connect();
   const second = subscribe(client, destination, { ack: 'auto' });
+  // The first client's messages go back to the queue when the broker has processed its leaving,
+  // which may be after this subscription: wait (bounded) for the first before the sentinel.
+  await Promise.race([second.inbox.waitFor(1), sleep(5000)]);
   result.redelivered = await drainWithSentinel(client, second.inbox, destination);
   result.redelivered_headers = second.inbox.messages.filter(m => m.body !== 'sentinel').map(headersOf);
   await client.deactivate();
