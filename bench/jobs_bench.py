@@ -31,7 +31,9 @@ ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 SETTINGS = "bench.jobs_bench_settings"
 DEFAULT_POSTGRES = "postgres://postgres@127.0.0.1:5432/postgres"
-BENCH_PG_DB = "bench_jobs"
+# One database per run (and dropped after it): two people benchmarking at once must not
+# drop each other's database.
+BENCH_PG_DB = f"bench_jobs_{os.getpid()}"
 # Targets from issue 3.
 TARGET_RATIO = 2.0
 TARGET_PROGRESS_US = 10.0
@@ -80,6 +82,8 @@ def main() -> None:
                 cwd=ROOT, env=phase_env(url, args.broker_url, tmp), capture_output=True, text=True, timeout=3600,
             )
             sys.stderr.write(out.stderr)
+            if db == "postgres":
+                drop_postgres(args.postgres_url)
             if out.returncode != 0:
                 raise SystemExit(f"{db} phase failed ({out.returncode})")
             results.append(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -109,6 +113,13 @@ def fresh_postgres(admin_url: str) -> str:
         conn.execute(f"CREATE DATABASE {BENCH_PG_DB}")
     base, _, _ = admin_url.rpartition("/")
     return f"{base}/{BENCH_PG_DB}"
+
+
+def drop_postgres(admin_url: str) -> None:
+    import psycopg
+
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {BENCH_PG_DB} WITH (FORCE)")
 
 
 # ----------------------------------------------------------------------------- one database
