@@ -417,7 +417,7 @@ class Worker:
         return self._claim_statements
 
     def _start(self, job: Job) -> None:
-        events.publish_job(job)
+        """Hand a claimed job to a slot, then publish its RUNNING event (the row is committed)."""
         try:
             task = load_task(job.task_path)
         except (ImportError, TypeError) as exc:
@@ -427,17 +427,19 @@ class Worker:
                 ok=False, error_type=f"{UnknownTask.__module__}.{UnknownTask.__qualname__}",
                 error_message=str(exc), error_traceback="", cancelled=True,  # never retried: it cannot import
             )))
+            events.publish_job(job)
             return
         time_limit = job.time_limit
         deadline = time.monotonic() + time_limit if time_limit else None
         run = _Run(job=job, state=RunState(job.pk), task=task, deadline=deadline)
         self._runs[job.pk] = run
         self._busy += 1
+        self._todo.put(run)  # first: the task need not wait for the event and the signal
+        events.publish_job(job)
         try:
             task_started.send(sender=type(self.backend), task_result=self.backend.result_from_job(job))
         except Exception:
             logger.exception("A task_started receiver failed for job %s", job.pk)
-        self._todo.put(run)
 
     # Slot threads ---------------------------------------------------------------------------
 
@@ -520,10 +522,10 @@ class Worker:
             self._counts[kind] += 1
         for run, _ in pending:
             self._runs.pop(run.job.pk, None)
-        self._announce(published)
-        for job in claimed:
+        for job in claimed:  # slots first, then the events of the runs that ended
             self._counts["claimed"] += 1
             self._start(job)
+        self._announce(published)
         return len(claimed)
 
     def _outcome_changes(self, run: _Run, outcome: _Outcome, now: datetime) -> tuple[dict[str, Any], str]:
