@@ -184,3 +184,22 @@ def test_async_tasks_can_be_enqueued_and_read_with_the_async_api():
 
     fetched = asyncio.run(go())
     assert (fetched.status, fetched.task.module_path) == (TaskResultStatus.READY, "tests.jobs_tasks.async_add")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_aenqueue_for_makes_the_user_the_owner_through_the_async_api():
+    from asgiref.sync import sync_to_async
+    from django.db import connections
+
+    from jobs.api import aenqueue_for
+
+    user = get_user_model().objects.create_user("cat")
+
+    async def go():
+        try:
+            return await aenqueue_for(user, jobs_tasks.add, 1, 2)
+        finally:
+            await sync_to_async(connections.close_all, thread_sensitive=True)()
+
+    result = asyncio.run(go())
+    assert Job.objects.get(pk=result.id).owner == user
