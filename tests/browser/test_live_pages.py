@@ -265,3 +265,23 @@ def test_without_javascript_the_job_page_shows_the_state_of_the_job_when_it_is_l
         expect(page.locator(".ln-badge")).to_have_text("1")
     finally:
         context.close()
+
+
+def test_a_notification_sent_while_the_page_was_disconnected_pops_up_after_it_reconnects(new_page, live_stack):
+    page = new_page("alice")
+    page.goto("/")
+    expect(page.locator("[data-live-notifications]")).to_have_attribute("data-live", "ready")
+
+    live_stack.stop_web()
+    page.wait_for_function("document.documentElement.dataset.stomp === 'reconnecting'")
+    live_stack.shell(
+        "from django.contrib.auth import get_user_model\n"
+        "from notifications.api import notify\n"
+        "from notifications.publisher import get_publisher\n"
+        "notify(get_user_model().objects.get(username='alice'), title='Sent while you were offline')\n"
+        "get_publisher().flush(10)\n"
+    )
+    live_stack.start_web()
+
+    expect(page.locator(".ln-toast .ln-title")).to_have_text("Sent while you were offline", timeout=30_000)
+    expect(page.locator(".ln-badge")).to_have_text("1")
