@@ -139,4 +139,6 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": os.environ.get("DJANGO_LOG_LEVEL", "INFO")},
+    # django.tasks logs two INFO lines per job; the worker logs what matters itself.
+    "loggers": {"django.tasks": {"level": "WARNING"}},
 }

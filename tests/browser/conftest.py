@@ -27,7 +27,9 @@ def chromium_path() -> str | None:
     return path if Path(path).exists() else shutil.which("chromium")
 
 
-@pytest.fixture(scope="session")
+# Package scope: Playwright's sync API keeps an event loop marked as running in this thread
+# while it is open, which would break every asyncio test collected after the browser tests.
+@pytest.fixture(scope="package")
 def browser():
     path = chromium_path()
     if path is None:
