@@ -143,7 +143,7 @@ def job_log(job: Job) -> SafeString:
 
 @register.simple_tag(takes_context=True)
 def recent_jobs(context, limit: int = 5) -> list[Job]:
-    """{% recent_jobs 5 as jobs %}: the newest jobs the current user may see (their own for most users)."""
+    """{% recent_jobs 5 as jobs %}: the current user's own newest jobs (the home page lists them)."""
     request = context.get("request")
     user = getattr(request, "user", None) or context.get("user")
     if user is None or not user.is_authenticated:
