@@ -1,7 +1,7 @@
 """The NOTIFICATIONS settings dict: every key, its default, read when used (never at import)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -54,7 +54,7 @@ class BrokerURL:
     host: str
     port: int
     login: str | None = None
-    passcode: str | None = None
+    passcode: str | None = field(default=None, repr=False)  # never in logs or tracebacks
     vhost: str | None = None
 
     def __str__(self) -> str:

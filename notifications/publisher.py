@@ -707,8 +707,23 @@ def _flush_at_exit() -> None:
     if publisher is None or publisher._pid != os.getpid():
         return
     try:
-        # Waiting only helps while connected; in an outage (already logged once) exit at once.
-        if publisher.connected and not publisher.flush(ATEXIT_FLUSH_TIMEOUT):
+        # A short-lived process (`manage.py shell -c "notify(...)"`) may exit before its first
+        # connection is up: wait for that first attempt too. In a known outage (already logged
+        # once) exit at once.
+        deadline = time.monotonic() + ATEXIT_FLUSH_TIMEOUT
+        with publisher._cond:
+            while (
+                not publisher._connected
+                and publisher._counts["outages"] == 0
+                and (publisher._pending or publisher._in_flight)
+                and not publisher._closing
+            ):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                publisher._cond.wait(min(remaining, 0.05))
+        remaining = max(0.0, deadline - time.monotonic())
+        if publisher.connected and not publisher.flush(remaining):
             stats = publisher.stats()
             logger.warning(
                 "Exiting with %d STOMP messages not confirmed by the broker %s",

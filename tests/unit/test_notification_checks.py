@@ -41,3 +41,12 @@ def test_allowed_origins_given_as_a_string_is_reported(settings):
 def test_an_allowed_origin_with_a_foreign_scheme_is_reported(settings):
     settings.NOTIFICATIONS = {"ALLOWED_ORIGINS": ["ftp://app.example"]}
     assert ids(check_live_delivery()) == ["notifications.E004"]
+
+
+def test_a_broker_url_never_shows_its_passcode_in_str_or_repr():
+    from notifications.conf import parse_broker_url
+
+    url = parse_broker_url("stomp://guest:s3cret@127.0.0.1:61613/prod")
+    assert str(url) == "stomp://guest:***@127.0.0.1:61613/prod"
+    assert "s3cret" not in repr(url)
+    assert url.passcode == "s3cret"
