@@ -61,6 +61,7 @@ class Stack:
     parts: list[Part]
     cwd: Path
     out: object = sys.stdout
+    ready_message: str = ""
     stop_requested: bool = False
 
     def _say(self, text: str) -> None:
@@ -117,6 +118,8 @@ class Stack:
         previous = {s: signal.signal(s, self.request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             self.start()
+            if self.ready_message:
+                self._say(self.ready_message)
             return self.wait()
         finally:
             self.stop()

@@ -140,5 +140,9 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": os.environ.get("DJANGO_LOG_LEVEL", "INFO")},
     # django.tasks logs two INFO lines per job; the worker logs what matters itself.
-    "loggers": {"django.tasks": {"level": "WARNING"}},
+    "loggers": {
+        "django.tasks": {"level": "WARNING"},
+        # daphne's runserver prints each request itself; the root handler would repeat it.
+        "django.channels.server": {"propagate": False},
+    },
 }

@@ -77,6 +77,7 @@ def test_runall_serves_the_site_and_stops_every_part_on_ctrl_c(tmp_path):
             proc.kill()
             proc.communicate()
     assert proc.returncode == 0, output
+    assert f"==> ready: open http://127.0.0.1:{web_port}/" in output
     for name in ("web", "worker", "broker"):
         assert f"==> stopping {name}" in output
     for port in (broker_port, web_port):

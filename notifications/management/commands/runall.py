@@ -43,7 +43,12 @@ class Command(BaseCommand):
             )
         parts.append(Part("worker", manage_py(settings.BASE_DIR, "jobworker", "--concurrency", str(concurrency))))
         parts.append(Part("web", manage_py(settings.BASE_DIR, "runserver", "--noreload", f"{addr}:{port}"), port=(addr, port)))
-        stack = Stack(parts=parts, cwd=Path(settings.BASE_DIR), out=self.stdout)
+        stack = Stack(
+            parts=parts,
+            cwd=Path(settings.BASE_DIR),
+            out=self.stdout,
+            ready_message=f"==> ready: open http://{addr}:{port}/ , log in and start a debug report (Ctrl-C stops everything)",
+        )
         try:
             status = stack.run()
         except PortTaken as exc:
