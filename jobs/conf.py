@@ -8,6 +8,15 @@ __all__ = ["DEFAULTS", "get"]
 DEFAULTS: dict[str, Any] = {
     # Jobs run at once by one `manage.py jobworker` (threads); --concurrency overrides it.
     "CONCURRENCY": 2,
+    # Prefetch: besides one job per slot, a claim may take up to this many more jobs into the
+    # worker's local queue (RUNNING on this worker, heartbeated; started as slots free up), so
+    # short jobs share claim statements and commits. 0 disables it.
+    "PREFETCH": 8,
+    # ...but only about this many seconds of expected work per slot (from the average run time
+    # of the jobs this worker finished), so long jobs are never held back from idle workers and
+    # a higher-priority job enqueued later waits at most about this long behind prefetched ones.
+    # None: always prefetch PREFETCH jobs (tests use it).
+    "PREFETCH_SECONDS": 0.05,
     # Seconds between two claim queries when no STOMP wake-up arrives; --poll-interval overrides it.
     "POLL_INTERVAL": 1.0,
     # Seconds between the heartbeats a worker writes for its running jobs.

@@ -46,7 +46,8 @@ import weakref
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from inspect import iscoroutinefunction
-from queue import Empty, Queue, SimpleQueue
+from itertools import count as _counter
+from queue import Empty, PriorityQueue, SimpleQueue
 from typing import Any
 
 from django.db import DatabaseError, close_old_connections, connection, transaction
@@ -69,6 +70,10 @@ logger = logging.getLogger(__name__)
 DB_ERROR_PAUSE = 1.0
 # Compare-and-swap rounds before a write gives up for this loop turn (it is retried next turn).
 CAS_ROUNDS = 5
+# The error message of a job cancelled while it waited in a worker's local queue.
+CANCELLED_BEFORE_START = "Cancelled before it started."
+# Weight of the newest run time in the moving average that sizes the prefetch.
+RUN_TIME_WEIGHT = 0.2
 # Seconds stop() waits for the slot threads to exit once nothing runs on them.
 THREAD_JOIN_TIMEOUT = 2.0
 
@@ -111,8 +116,15 @@ class _Run:
     job: Job
     state: RunState
     task: Any
-    deadline: float | None
+    deadline: float | None  # set by the slot when the task really starts
     thread_id: int | None = None
+    # Written under Worker._lock: a slot sets `started` when it takes the run; the loop sets
+    # `skipped` on a run no slot took yet (released or cancelled while prefetched), and a slot
+    # that takes a skipped run drops it.
+    started: bool = False
+    skipped: bool = False
+    started_at: datetime | None = None  # when the slot started the task (the row's started_at at the end)
+    elapsed: float | None = None  # seconds the task ran
     finished: bool = False  # the outcome was written (or the run abandoned)
     unsaved_log: list = field(default_factory=list)  # log lines taken from the state, not yet in a written row
 
@@ -192,10 +204,15 @@ class Worker:
         self._claim_now = True
         self._stop_count = 0
         self._stop_deadline: float | None = None
-        self._todo: Queue[_Run | None] = Queue()
+        # Claimed runs waiting for a slot (prefetched ones included), best priority first, then
+        # earliest run_after, then claim order; the shutdown sentinels sort after every run.
+        self._todo: PriorityQueue[tuple] = PriorityQueue()
+        self._order = _counter()
+        self._lock = threading.Lock()
+        self._avg_run: float | None = None  # moving average of task run times (prefetch depth)
         self._done: SimpleQueue[tuple[_Run, _Outcome]] = SimpleQueue()
         self._runs: dict[Any, _Run] = {}  # claimed and not yet written final, by job id
-        self._busy = 0  # slot threads running a task (abandoned runs included)
+        self._busy = 0  # runs handed to the slots, queued or running, outcome not written (abandoned runs included)
         self._threads: list[threading.Thread] = []
         self._unwritten: list[tuple[_Run, _Outcome]] = []
         self._counts = dict.fromkeys(WorkerStats.__dataclass_fields__, 0)
@@ -291,6 +308,8 @@ class Worker:
                 self._sync(0)
             self._release_all()
             return True
+        if self.stopping:  # prefetched jobs no slot took go back to READY at once
+            self._release_queued()
         if due["progress"] <= now:
             if self._runs:
                 self._flush_progress()
@@ -310,28 +329,43 @@ class Worker:
         remaining = None if self.max_jobs is None else self.max_jobs - self._counts["claimed"]
         retry_due = self._next_retry_at is not None and self._next_retry_at <= now
         want = not self.stopping and remaining != 0 and (self._claim_now or freeing or due["poll"] <= now or retry_due)
-        limit = 0
+        limit = start_now = 0
         if want:
             self._claim_now = False
             if retry_due:
                 self._next_retry_at = None
             due["poll"] = now + self.poll_interval
-            free = self.concurrency - self._busy + freeing
+            free = self.concurrency + self._prefetch_depth() - self._busy + freeing
             limit = max(0, free if remaining is None else min(free, remaining))
-        claimed = self._sync(limit) if (self._unwritten or limit) else 0
+            start_now = min(limit, max(0, self.concurrency - self._busy + freeing))
+        claimed = self._sync(limit, start_now) if (self._unwritten or limit or self._unmarked()) else 0
         if limit and claimed == limit:
             self._claim_now = True  # there may be more
         if self.stopping or (self.max_jobs is not None and self._counts["claimed"] >= self.max_jobs):
             return not self._active() and not self._unwritten
         return self.burst and want and claimed == 0 and not self._active() and not self._unwritten
 
+    def _prefetch_depth(self) -> int:
+        """How many jobs beyond one per slot the next claim may take (see JOBS["PREFETCH"])."""
+        most = max(0, int(conf.get("PREFETCH")))
+        seconds = conf.get("PREFETCH_SECONDS")
+        if seconds is None or most == 0:
+            return most
+        if self._avg_run is None:  # nothing finished yet: the jobs may be long, take none extra
+            return 0
+        return min(most, int(float(seconds) * self.concurrency / max(self._avg_run, 1e-6)))
+
     def _active(self) -> bool:
         return any(not run.finished for run in self._runs.values())
 
     # Claiming -------------------------------------------------------------------------------
 
-    def _claim_rows(self, limit: int) -> list[Job]:
+    def _claim_rows(self, limit: int, start_now: int) -> list[Job]:
         """Mark up to ``limit`` due READY jobs RUNNING for this worker; call inside a transaction.
+
+        The best ``start_now`` of them go to free slots at once and get ``started_at`` now; the
+        others are prefetched: ``started_at`` stays NULL until a slot really starts them (see
+        _mark_started), which tells the stale sweep they never ran.
 
         Plain SQL built once per worker: the ORM's query compiler cost more than the database
         work for short jobs (this runs once per job at --concurrency 1).
@@ -339,34 +373,35 @@ class Worker:
         self.polls += 1
         now = timezone.now()
         if connection.vendor == "postgresql":
-            return self._claim_rows_returning(limit, now)
+            return self._claim_rows_returning(limit, start_now, now)
         select_sql, update_sql = self._claim_sql()
         params = [JobStatus.READY, self.backend.alias, *self.queues, Job._meta.get_field("run_after").get_db_prep_value(now, connection), limit]
         jobs = list(Job.objects.raw(select_sql, params))
         groups: dict[tuple, list[Job]] = {}
-        for job in jobs:
-            groups.setdefault(tuple(job.worker_ids or ()), []).append(job)
+        for n, job in enumerate(jobs):
+            groups.setdefault((tuple(job.worker_ids or ()), n < start_now), []).append(job)
         prep = {name: Job._meta.get_field(name) for name in ("started_at", "worker_ids", "id")}
-        stamp = prep["started_at"].get_db_prep_save(now, connection)
-        for previous, members in groups.items():
+        for (previous, starts), members in groups.items():
+            started = now if starts else None
+            stamp = prep["started_at"].get_db_prep_save(started, connection)
             worker_ids = [*previous, self.worker_id]
             ids = [prep["id"].get_db_prep_value(j.pk, connection) for j in members]
             sql = update_sql.replace("%(ids)s", ", ".join(["%s"] * len(ids)))
             with connection.cursor() as cursor:
-                cursor.execute(sql, [JobStatus.RUNNING, stamp, stamp, self.worker_id,
+                cursor.execute(sql, [JobStatus.RUNNING, stamp, prep["started_at"].get_db_prep_save(now, connection), self.worker_id,
                                      prep["worker_ids"].get_db_prep_save(worker_ids, connection), *ids, JobStatus.READY])
                 updated = cursor.rowcount
             if updated != len(members):  # only if the claim transaction did not lock (see jobs.E003)
                 raise DatabaseError(f"Claim raced with another worker ({updated} of {len(members)} rows).")
             for job in members:
-                job.status, job.started_at, job.heartbeat_at, job.finished_at = JobStatus.RUNNING, now, now, None
+                job.status, job.started_at, job.heartbeat_at, job.finished_at = JobStatus.RUNNING, started, now, None
                 job.worker_id, job.worker_ids = self.worker_id, worker_ids
                 job.attempts += 1
                 job.seq += 1
                 job.progress_done, job.progress_total, job.message = 0, None, ""
         return jobs
 
-    def _claim_rows_returning(self, limit: int, now: datetime) -> list[Job]:
+    def _claim_rows_returning(self, limit: int, start_now: int, now: datetime) -> list[Job]:
         """PostgreSQL: select (SKIP LOCKED) and mark RUNNING in one statement, one round trip."""
         if self._claim_returning is None:
             qn = connection.ops.quote_name
@@ -375,18 +410,23 @@ class Worker:
             table = qn(meta.db_table)
             queues = ", ".join(["%s"] * len(self.queues))
             self._claim_returning = (
-                f"UPDATE {table} SET {col['status']} = %s, {col['started_at']} = %s, {col['heartbeat_at']} = %s, "
+                f"WITH picked AS (SELECT {col['id']}, {col['priority']}, {col['run_after']} FROM {table} "
+                f"WHERE {col['status']} = %s "
+                f"AND {col['backend']} = %s AND {col['queue']} IN ({queues}) AND {col['run_after']} <= %s "
+                f"ORDER BY {col['priority']} DESC, {col['run_after']} ASC LIMIT %s FOR UPDATE SKIP LOCKED) "
+                f"UPDATE {table} SET {col['status']} = %s, "
+                f"{col['started_at']} = CASE WHEN {col['id']} IN (SELECT {col['id']} FROM picked "
+                f"ORDER BY {col['priority']} DESC, {col['run_after']} ASC LIMIT %s) THEN %s::timestamptz ELSE NULL END, "
+                f"{col['heartbeat_at']} = %s, "
                 f"{col['finished_at']} = NULL, {col['worker_id']} = %s, "
                 f"{col['worker_ids']} = {col['worker_ids']} || jsonb_build_array(%s::text), "
                 f"{col['attempts']} = {col['attempts']} + 1, {col['seq']} = {col['seq']} + 1, "
                 f"{col['progress_done']} = 0, {col['progress_total']} = NULL, {col['message']} = '' "
-                f"WHERE {col['id']} IN (SELECT {col['id']} FROM {table} WHERE {col['status']} = %s "
-                f"AND {col['backend']} = %s AND {col['queue']} IN ({queues}) AND {col['run_after']} <= %s "
-                f"ORDER BY {col['priority']} DESC, {col['run_after']} ASC LIMIT %s FOR UPDATE SKIP LOCKED) "
+                f"WHERE {col['id']} IN (SELECT {col['id']} FROM picked) "
                 f"RETURNING {', '.join(col[f.name] for f in meta.concrete_fields)}"
             )
-        params = [JobStatus.RUNNING, now, now, self.worker_id, self.worker_id,
-                  JobStatus.READY, self.backend.alias, *self.queues, now, limit]
+        params = [JobStatus.READY, self.backend.alias, *self.queues, now, limit,
+                  JobStatus.RUNNING, start_now, now, now, self.worker_id, self.worker_id]
         jobs = list(Job.objects.raw(self._claim_returning, params))
         jobs.sort(key=lambda job: (-job.priority, job.run_after))
         return jobs
@@ -421,7 +461,7 @@ class Worker:
         try:
             task = load_task(job.task_path)
         except (ImportError, TypeError) as exc:
-            run = _Run(job=job, state=RunState(job.pk), task=None, deadline=None)
+            run = _Run(job=job, state=RunState(job.pk), task=None, deadline=None, started_at=job.started_at)
             self._runs[job.pk] = run
             self._unwritten.append((run, _Outcome(
                 ok=False, error_type=f"{UnknownTask.__module__}.{UnknownTask.__qualname__}",
@@ -429,12 +469,11 @@ class Worker:
             )))
             events.publish_job(job)
             return
-        time_limit = job.time_limit
-        deadline = time.monotonic() + time_limit if time_limit else None
-        run = _Run(job=job, state=RunState(job.pk), task=task, deadline=deadline)
+        run = _Run(job=job, state=RunState(job.pk), task=task, deadline=None)
         self._runs[job.pk] = run
         self._busy += 1
-        self._todo.put(run)  # first: the task need not wait for the event and the signal
+        # First: the task need not wait for the event and the signal.
+        self._todo.put((0, -job.priority, job.run_after.timestamp(), next(self._order), run))
         events.publish_job(job)
         try:
             task_started.send(sender=type(self.backend), task_result=self.backend.result_from_job(job))
@@ -445,14 +484,29 @@ class Worker:
 
     def _slot(self) -> None:
         while True:
-            run = self._todo.get()
+            run = self._todo.get()[-1]
             if run is None:
                 connection.close()  # this thread's own connection, if a task opened one
                 return
-            try:
-                outcome = self._execute(run)
-            except BaseException as exc:  # a late async JobTimeout can land outside _execute's try
-                outcome = _Outcome(ok=False, error_type=_error_path(exc), error_message=str(exc))
+            with self._lock:
+                if run.skipped:  # released or cancelled while it waited here
+                    continue
+                run.started = True
+            if run.state.cancel_requested:  # cancelled while prefetched: never run it
+                outcome = _Outcome(ok=False, cancelled=True, error_type=_error_path(JobCancelled()),
+                                   error_message=CANCELLED_BEFORE_START)
+            else:
+                run.started_at = timezone.now()
+                if run.job.started_at is None:  # prefetched: the loop writes started_at next turn
+                    self._wake.set()
+                began = time.monotonic()
+                time_limit = run.job.time_limit
+                run.deadline = began + time_limit if time_limit else None
+                try:
+                    outcome = self._execute(run)
+                except BaseException as exc:  # a late async JobTimeout can land outside _execute's try
+                    outcome = _Outcome(ok=False, error_type=_error_path(exc), error_message=str(exc))
+                run.elapsed = time.monotonic() - began
             self._done.put((run, outcome))
             self._wake.set()
 
@@ -494,7 +548,7 @@ class Worker:
 
     # Writing outcomes -----------------------------------------------------------------------
 
-    def _sync(self, limit: int) -> int:
+    def _sync(self, limit: int, start_now: int = 0) -> int:
         """Write the outcomes of finished runs and claim up to ``limit`` jobs, in one transaction;
         then publish, and hand the claimed jobs to the slots. Returns how many were claimed."""
         pending = self._unwritten
@@ -508,8 +562,9 @@ class Worker:
                 for run, kind in self._write_outcomes_batched([(r, o) for r, o in pending if not r.finished]):
                     kinds.append(kind)
                     published.append(run.job)
+                self._mark_started()
                 if limit > 0:
-                    claimed = self._claim_rows(limit)
+                    claimed = self._claim_rows(limit, start_now)
         except DatabaseError:
             for run, _ in pending:  # rolled back: write them again next turn (the CAS re-reads seq)
                 if id(run) not in already:
@@ -518,6 +573,10 @@ class Worker:
             raise
         self._unwritten = []
         self._busy -= sum(1 for run, _ in pending if run.task is not None)
+        for run, _ in pending:
+            if run.elapsed is not None:
+                avg = self._avg_run
+                self._avg_run = run.elapsed if avg is None else avg + RUN_TIME_WEIGHT * (run.elapsed - avg)
         for kind in kinds:
             self._counts[kind] += 1
         for run, _ in pending:
@@ -528,13 +587,33 @@ class Worker:
         self._announce(published)
         return len(claimed)
 
+    def _unmarked(self) -> list[_Run]:
+        """Prefetched runs a slot started whose row does not say so yet (started_at NULL)."""
+        return [run for run in self._runs.values()
+                if run.started and run.job.started_at is None and run.started_at is not None and not run.finished]
+
+    def _mark_started(self) -> None:
+        """Write started_at for prefetched jobs that slots started since the last turn, so the stale
+        sweep counts their attempt (runs that ended meanwhile get it with their outcome instead).
+        Like the heartbeat, a bookkeeping write: seq is not bumped and no event is published."""
+        done = {id(run) for run, _ in self._unwritten}
+        runs = [run for run in self._unmarked() if id(run) not in done]
+        if not runs:
+            return
+        for run in runs:
+            Job.objects.filter(pk=run.job.pk, status=JobStatus.RUNNING, worker_id=self.worker_id,
+                               started_at__isnull=True).update(started_at=run.started_at)
+            run.job.started_at = run.started_at
+
     def _outcome_changes(self, run: _Run, outcome: _Outcome, now: datetime) -> tuple[dict[str, Any], str]:
         """The row changes for how a run ended, and the WorkerStats counter it bumps."""
         job, state = run.job, run.state
         changes = self._progress_changes(run, now)
         if state.result_file:
             changes["result_file"] = state.result_file
-        changes.update(finished_at=now, heartbeat_at=now)
+        # The row said the claim time while the job waited in the local queue; now the real start
+        # (None for a job cancelled before a slot started it, like Job.cancel() on a READY job).
+        changes.update(started_at=run.started_at, finished_at=now, heartbeat_at=now)
         if outcome.ok:
             changes.update(status=JobStatus.SUCCESSFUL, result=outcome.value)
             return changes, "succeeded"
@@ -683,6 +762,12 @@ class Worker:
             run.state.cancel_requested = cancel_requested
         for pk in set(runs) - seen:  # deleted rows
             self._abandon(runs[pk])
+        # Prefetched jobs no slot took yet end CANCELLED now, without running (the outcome is
+        # written with this turn's other outcomes).
+        waiting = [run for run in runs.values() if run.state.cancel_requested and not run.finished]
+        for run in self._take_queued(waiting):
+            self._unwritten.append((run, _Outcome(ok=False, cancelled=True, error_type=_error_path(JobCancelled()),
+                                                  error_message=CANCELLED_BEFORE_START)))
 
     def _timed_out_runs(self, now: float) -> bool:
         return any(r.deadline is not None and r.deadline <= now and not r.finished for r in self._runs.values())
@@ -697,7 +782,8 @@ class Worker:
                 for _ in range(CAS_ROUNDS):
                     changes = self._progress_changes(run, ts)
                     changes.update(
-                        status=JobStatus.FAILED, finished_at=ts, error_type=_error_path(JobTimeout(message)),
+                        status=JobStatus.FAILED, started_at=run.started_at, finished_at=ts,
+                        error_type=_error_path(JobTimeout(message)),
                         error_message=message, error_traceback="",
                     )
                     if self._cas_owned(run, changes):
@@ -725,7 +811,12 @@ class Worker:
         handled: list[Job] = []
         for job in candidates:
             last = job.heartbeat_at.isoformat() if job.heartbeat_at else "never"
-            if job.attempts < job.max_attempts:
+            if job.started_at is None:  # prefetched, never started: the attempt does not count
+                log, count = job.appended_log([(now, f"Worker {job.worker_id} stopped heartbeating (last {last}) "
+                                                     f"before starting it; re-queued.")])
+                changes = dict(status=JobStatus.READY, run_after=now, worker_id="", heartbeat_at=None,
+                               attempts=max(0, job.attempts - 1), log=log, log_count=count)
+            elif job.attempts < job.max_attempts:
                 log, count = job.appended_log([(now, f"Worker {job.worker_id} stopped heartbeating (last {last}); "
                                                      f"re-queued for attempt {job.attempts + 1} of {job.max_attempts}.")])
                 changes = dict(status=JobStatus.READY, run_after=now, worker_id="", heartbeat_at=None,
@@ -747,10 +838,70 @@ class Worker:
                 for queue in {job.queue for job in handled if job.status == JobStatus.READY}:
                     events.publish_wakeup(queue)
 
+    def _take_queued(self, runs: list[_Run]) -> list[_Run]:
+        """Of ``runs``, those no slot has taken yet, now marked so that no slot ever will."""
+        taken = []
+        with self._lock:
+            for run in runs:
+                if run.task is not None and not run.started and not run.skipped:
+                    run.skipped = True
+                    taken.append(run)
+        return taken
+
+    def _release_queued(self) -> None:
+        """Put prefetched jobs no slot took back to READY, the attempt not counted (stopping)."""
+        queued = self._take_queued([r for r in self._runs.values() if not r.finished])
+        if not queued:
+            return
+        released = self._release(queued, "Released by worker {worker} at shutdown before it started.")
+        for run in queued:
+            if run.finished:  # released (or found lost): no slot will report it
+                self._busy -= 1
+                self._runs.pop(run.job.pk, None)
+            else:  # the release failed: let it run after all
+                run.skipped = False
+                self._todo.put((0, -run.job.priority, run.job.run_after.timestamp(), next(self._order), run))
+        self._counts["claimed"] -= len(released)
+        if released:
+            logger.info("Worker %s released %d prefetched job(s)", self.worker_id, len(released))
+        self._announce(released)
+        for queue in {job.queue for job in released}:
+            events.publish_wakeup(queue)
+
+    def _release(self, runs: list[_Run], text: str) -> list[Job]:
+        """CAS each run's job back to READY (attempt not counted) in one transaction; the jobs released.
+        Every run ends finished (released or lost), unless the transaction fails: then none is."""
+        released: list[Job] = []
+        now = timezone.now()
+        try:
+            with transaction.atomic():
+                for run in runs:
+                    job = run.job
+                    for _ in range(CAS_ROUNDS):
+                        log, count = job.appended_log([(now, text.format(worker=self.worker_id))])
+                        changes = dict(status=JobStatus.READY, run_after=now, worker_id="", heartbeat_at=None,
+                                       started_at=None, attempts=max(0, job.attempts - 1), log=log, log_count=count)
+                        if self._cas_owned(run, changes):
+                            released.append(job)
+                            break
+                        if run.finished:
+                            break
+        except DatabaseError:
+            logger.exception("Worker %s could not release prefetched jobs; they will run", self.worker_id)
+            for run in runs:
+                run.finished = False
+                run.state.abandoned = False
+            return []
+        for run in runs:
+            self._abandon(run)
+        return released
+
     def _release_all(self) -> None:
         """Put still-running jobs back to READY (the attempt not counted); their threads are told to cancel."""
         released: list[Job] = []
         now = timezone.now()
+        queued = self._take_queued([r for r in self._runs.values() if not r.finished])
+        self._busy -= len(queued)  # no slot will take them
         try:
             with transaction.atomic():
                 for run in [r for r in self._runs.values() if not r.finished]:
@@ -821,7 +972,7 @@ class Worker:
 
     def _shutdown_threads(self) -> None:
         for _ in self._threads:
-            self._todo.put(None)
+            self._todo.put((1, 0, 0.0, next(self._order), None))
         if self._busy == 0:
             deadline = time.monotonic() + THREAD_JOIN_TIMEOUT
             for thread in self._threads:

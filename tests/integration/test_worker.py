@@ -366,3 +366,104 @@ def test_the_command_in_burst_mode_runs_the_ready_jobs_and_reports_them():
     out = io.StringIO()
     call_command("jobworker", "--burst", "--no-wakeup", "--worker-id", "cmd-1", stdout=out)
     assert out.getvalue().strip() == "Worker cmd-1 ran 1 job(s): 1 successful, 0 failed, 0 cancelled, 0 retried, 0 released."
+
+
+# Prefetch: a claim takes more jobs than free slots into the worker's local queue. -----------
+
+PREFETCH_ALWAYS = {"PREFETCH": 4, "PREFETCH_SECONDS": None}
+
+
+def start_prefetching_worker(settings, tmp_path, **options):
+    """A one-slot worker busy with a 1.5 s job while two more jobs wait in its local queue."""
+    settings.JOBS = FAST | PREFETCH_ALWAYS
+    busy_runs, queued_runs = str(tmp_path / "busy"), str(tmp_path / "queued")
+    busy = jobs_tasks.sleep_for.using(priority=10).enqueue(busy_runs, 1.5)
+    queued = [jobs_tasks.record_run.enqueue(queued_runs) for _ in range(2)]
+    worker = Worker(concurrency=1, poll_interval=0.05, wakeups=False, **options)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    wait_until(lambda: jobs_tasks.runs_in(busy_runs))
+    return worker, thread, busy, queued, queued_runs
+
+
+def test_prefetched_jobs_wait_running_on_this_worker_without_a_start_time(settings, tmp_path):
+    worker, thread, busy, queued, _ = start_prefetching_worker(settings, tmp_path)
+    try:
+        rows = [Job.objects.get(pk=r.id) for r in queued]
+    finally:
+        worker.stop(force=True)
+        thread.join(15)
+    assert [(j.status, j.worker_id, j.started_at, j.attempts) for j in rows] == [
+        ("RUNNING", worker.worker_id, None, 1)] * 2
+
+
+def test_a_first_stop_sends_prefetched_jobs_back_to_ready_while_the_running_job_finishes(settings, tmp_path):
+    worker, thread, busy, queued, queued_runs = start_prefetching_worker(settings, tmp_path, shutdown_grace=10)
+    worker.stop()
+    wait_until(lambda: all(status_of(r) == "READY" for r in queued), timeout=1.0)
+    busy_status_when_released = status_of(busy)
+    thread.join(15)
+    rows = [Job.objects.get(pk=r.id) for r in queued]
+    assert (thread.is_alive(), busy_status_when_released, status_of(busy)) == (False, "RUNNING", "SUCCESSFUL")
+    assert [(j.status, j.attempts, j.worker_id, j.log[-1]["text"]) for j in rows] == [
+        ("READY", 0, "", f"Released by worker {worker.worker_id} at shutdown before it started.")] * 2
+    assert jobs_tasks.runs_in(queued_runs) == []
+
+
+def test_a_prefetched_job_cancelled_before_its_slot_takes_it_ends_cancelled_without_running(settings, tmp_path):
+    worker, thread, busy, queued, queued_runs = start_prefetching_worker(settings, tmp_path)
+    try:
+        ended_now = Job.objects.get(pk=queued[0].id).cancel()
+        wait_until(lambda: status_of(queued[0]) == "CANCELLED", timeout=1.0)
+        wait_until(lambda: status_of(queued[1]) == "SUCCESSFUL", timeout=10)
+    finally:
+        worker.stop(force=True)
+        thread.join(15)
+    job = Job.objects.get(pk=queued[0].id)
+    assert (ended_now, job.error_type, job.error_message, job.started_at) == (
+        False, "jobs.exceptions.JobCancelled", "Cancelled before it started.", None)
+    assert jobs_tasks.runs_in(queued_runs) == [str(queued[1].id)]
+
+
+def test_a_prefetched_job_of_a_dead_worker_is_requeued_without_counting_the_attempt():
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    old = timezone.now() - timedelta(seconds=5)
+    job = Job.objects.create(task_path="tests.jobs_tasks.add", args=[1, 2], status="RUNNING", attempts=1,
+                             max_attempts=1, worker_id="dead:1", heartbeat_at=old, started_at=None)
+    stats = run_burst()
+    job.refresh_from_db()
+    assert (job.status, job.attempts, job.result, stats.recovered) == ("SUCCESSFUL", 1, 3, 1)
+    assert job.log[0]["text"].startswith("Worker dead:1 stopped heartbeating")
+
+
+def test_prefetched_jobs_are_heartbeated_while_they_wait(settings, tmp_path):
+    worker, thread, busy, queued, _ = start_prefetching_worker(settings, tmp_path)
+    try:
+        first = Job.objects.get(pk=queued[0].id).heartbeat_at
+        later = wait_until(lambda: (h := Job.objects.get(pk=queued[0].id).heartbeat_at) > first and h, timeout=2)
+    finally:
+        worker.stop(force=True)
+        thread.join(15)
+    assert later > first
+
+
+def test_a_higher_priority_job_enqueued_later_runs_before_prefetched_lower_ones(settings, tmp_path):
+    worker, thread, busy, queued, queued_runs = start_prefetching_worker(settings, tmp_path)
+    try:
+        urgent = jobs_tasks.record_run.using(priority=50).enqueue(queued_runs)
+        wait_until(lambda: len(jobs_tasks.runs_in(queued_runs)) == 3, timeout=10)
+    finally:
+        worker.stop(force=True)
+        thread.join(15)
+    assert jobs_tasks.runs_in(queued_runs)[0] == str(urgent.id)
+
+
+def test_max_jobs_counts_prefetched_jobs_and_claims_no_more(settings):
+    settings.JOBS = FAST | PREFETCH_ALWAYS
+    for _ in range(5):
+        jobs_tasks.add.enqueue(1, 1)
+    stats = Worker(max_jobs=3, concurrency=1, poll_interval=0.05, wakeups=False).run()
+    assert (stats.claimed, stats.succeeded, Job.objects.filter(status="READY").count()) == (3, 3, 2)

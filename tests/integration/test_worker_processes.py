@@ -238,3 +238,54 @@ def test_a_second_sigterm_releases_the_running_job_and_exits_at_once(sqlite_db, 
             worker.kill()
     job = sqlite_db.job(job_id)
     assert (code, job["status"], job["attempts"], job["log"]) == (0, "READY", 0, ["Released by worker impatient at shutdown."])
+
+
+def test_a_prefetched_job_of_a_worker_killed_with_sigkill_is_requeued_and_run_once_by_another(sqlite_db, tmp_path):
+    runs, queued_runs = tmp_path / "runs", tmp_path / "queued"
+    env = base_env(sqlite_db.url, FAST_JOBS | {"PREFETCH": 4, "PREFETCH_SECONDS": None}) | {
+        "RUNS_FILE": str(runs), "QUEUED_FILE": str(queued_runs)}
+    busy_id, queued_id = enqueue(env, (
+        "import os\nfrom tests.jobs_tasks import record_run, sleep_for\n"
+        "print(sleep_for.using(priority=10).enqueue(os.environ['RUNS_FILE'], 5.0).id)\n"
+        "print(record_run.enqueue(os.environ['QUEUED_FILE']).id)\n"
+    ))
+    victim = start_worker(env, tmp_path, "victim", "--concurrency", "1")
+    try:
+        wait_for(lambda: runs_in(str(runs)), 30, "the victim starting the busy job")
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(10)
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+    assert sqlite_db.job(queued_id)["status"] == "RUNNING"  # prefetched by the victim, never started
+    time.sleep(FAST_JOBS["STALE_AFTER"] + 0.5)
+    rescuer = start_worker(env, tmp_path, "rescuer", "--burst")
+    assert rescuer.wait(PROCESS_TIMEOUT) == 0
+    queued, busy = sqlite_db.job(queued_id), sqlite_db.job(busy_id)
+    assert (queued["status"], queued["attempts"], queued["worker_ids"]) == ("SUCCESSFUL", 1, ["victim", "rescuer"])
+    assert (busy["status"], busy["error_type"]) == ("FAILED", "jobs.exceptions.WorkerLost")
+    assert runs_in(str(queued_runs)) == [queued_id]
+
+
+def test_sigterm_releases_prefetched_jobs_at_once_and_lets_the_running_one_finish(sqlite_db, tmp_path):
+    runs, queued_runs = tmp_path / "runs", tmp_path / "queued"
+    env = base_env(sqlite_db.url, FAST_JOBS | {"PREFETCH": 4, "PREFETCH_SECONDS": None}) | {
+        "RUNS_FILE": str(runs), "QUEUED_FILE": str(queued_runs)}
+    busy_id, queued_id = enqueue(env, (
+        "import os\nfrom tests.jobs_tasks import record_run, sleep_for\n"
+        "print(sleep_for.using(priority=10).enqueue(os.environ['RUNS_FILE'], 1.5).id)\n"
+        "print(record_run.enqueue(os.environ['QUEUED_FILE']).id)\n"
+    ))
+    worker = start_worker(env, tmp_path, "graceful", "--concurrency", "1")
+    try:
+        wait_for(lambda: runs_in(str(runs)), 30, "the worker starting the busy job")
+        worker.send_signal(signal.SIGTERM)
+        wait_for(lambda: sqlite_db.job(queued_id)["status"] == "READY", 1.0, "the prefetched job released")
+        busy_status_when_released = sqlite_db.job(busy_id)["status"]
+        code = worker.wait(30)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    queued = sqlite_db.job(queued_id)
+    assert (code, busy_status_when_released, sqlite_db.job(busy_id)["status"]) == (0, "RUNNING", "SUCCESSFUL")
+    assert (queued["status"], queued["attempts"], runs_in(str(queued_runs))) == ("READY", 0, [])
