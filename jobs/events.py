@@ -89,8 +89,14 @@ def publish_event(event: dict[str, Any]) -> None:
     if publish is None:
         return
     job_id = event["id"]
-    # The publisher coalesces by key alone, so each destination needs its own key.
-    for destination, key in ((destinations.job(job_id), f"job:{job_id}"), (destinations.JOBS_ALL, f"job:{job_id}:all")):
+    # Only progress of a running attempt is coalesced (latest wins); every other state change
+    # keeps its own event. The publisher coalesces by key alone, so each destination needs its
+    # own key too.
+    phase = f"RUNNING:{event['attempts']}" if event["status"] == "RUNNING" else None
+    for destination, key in (
+        (destinations.job(job_id), phase and f"job:{job_id}:{phase}"),
+        (destinations.JOBS_ALL, phase and f"job:{job_id}:{phase}:all"),
+    ):
         try:
             publish(destination, event, coalesce_key=key)
         except Exception:  # publishing must never break a state change that is already committed
