@@ -3,13 +3,16 @@
     .venv/bin/python bench/jobs_bench.py                      # SQLite and PostgreSQL, 1 and 2 workers
     .venv/bin/python bench/jobs_bench.py --dbs sqlite --jobs 500 --no-write
 
-For each database (a fresh SQLite file; a fresh PostgreSQL database `bench_jobs`), both
+For each database (a fresh SQLite file; a fresh PostgreSQL database `bench_jobs_<pid>`, dropped
+after the run, so concurrent runs never share or drop each other's), both
 backends run on the same database with the same settings (bench/jobs_bench_settings.py:
 DEBUG off, persistent connections): N no-op jobs are enqueued through django.tasks, then 1 or
 2 worker processes run them until the queue is empty (ours: `jobworker --burst --concurrency 1
 --no-wakeup`; theirs: `db_worker --batch --interval 0`). Throughput is N divided by the time
 from the first job's start to the last job's finish (from the rows, so process start-up is
-not counted). Every job must run exactly once: the no-op appends its number to a file and the
+not counted; our rows' started_at is when a slot really started the task, not the claim, so
+prefetching is not flattered). Our worker runs with the default JOBS PREFETCH / PREFETCH_SECONDS
+and publishes every event to the broker; logging is WARNING for both. Every job must run exactly once: the no-op appends its number to a file and the
 benchmark counts each number. Finally one job calls jobs.progress.report_progress() many times
 and reports the average cost of one call.
 

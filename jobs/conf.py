@@ -11,7 +11,7 @@ DEFAULTS: dict[str, Any] = {
     # Prefetch: besides one job per slot, a claim may take up to this many more jobs into the
     # worker's local queue (RUNNING on this worker, heartbeated; started as slots free up), so
     # short jobs share claim statements and commits. 0 disables it.
-    "PREFETCH": 8,
+    "PREFETCH": 32,
     # ...but only about this many seconds of expected work per slot (from the average run time
     # of the jobs this worker finished), so long jobs are never held back from idle workers and
     # a higher-priority job enqueued later waits at most about this long behind prefetched ones.

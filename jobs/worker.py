@@ -10,6 +10,22 @@ on PostgreSQL the SELECT uses FOR UPDATE SKIP LOCKED, so claimers skip each othe
 later write to a job is a compare-and-swap on its ``seq`` that also checks the job is still RUNNING
 on this worker, so a job re-queued behind a worker's back can never be finished twice.
 
+Prefetch: a claim takes up to ``concurrency + JOBS["PREFETCH"]`` jobs (minus those already held)
+in one statement, so short jobs share claim statements and commits; every finished outcome of a
+loop turn is written in the same transaction as the next claim. The extra jobs wait in a local
+queue ordered like the claim (priority, then run_after), so a higher-priority job claimed later
+still starts before every prefetched job no slot has taken. They are RUNNING on this worker with
+``started_at`` NULL: heartbeated and cancel-polled like running jobs; a slot writes the real start
+time (at the next loop turn, or with the outcome); a cancel request ends one CANCELLED without
+running it ("Cancelled before it started."); the first stop() puts them back to READY at once
+(attempt not counted); the stale sweep re-queues them without counting the attempt. How many are
+held is bounded twice: by PREFETCH, and by about JOBS["PREFETCH_SECONDS"] of expected work per
+slot (the moving average of this worker's run times; nothing extra before its first job ends), so
+long jobs are never hoarded away from idle workers and a later higher-priority job waits at most
+about that long behind prefetched ones. One crash window: a worker killed in the milliseconds
+between a slot starting a prefetched job and the loop's next commit leaves it with started_at NULL,
+so the sweep re-queues it without counting that attempt.
+
 Policies (also in the README):
 - Time limit (JOBS["TIME_LIMIT"], @task(time_limit=...)): past it the job is written FAILED
   (jobs.exceptions.JobTimeout, never retried) and JobTimeout is raised asynchronously in its
