@@ -15,7 +15,6 @@ import json
 import logging
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -66,14 +65,14 @@ class Event:
     body: bytes
     data: dict[str, Any] | None = None  # the JSON object body, if it was one
 
-    @property
+    @cached_property
     def job_id(self) -> str | None:
         if self.data is not None and self.data.get("type") == "job":
             value = self.data.get("id")
             return str(value) if value is not None else None
         return None
 
-    @property
+    @cached_property
     def seq(self) -> int | None:
         if self.data is None:
             return None
@@ -115,17 +114,22 @@ class Mailbox:
 
     put(item, key): an item with the key of one still pending replaces it in place (job events
     carry the whole state, so the newer one supersedes; position is kept so order across jobs
-    holds). Past ``maxsize`` pending items the mailbox refuses the item and sets ``overflowed``:
-    its owner must then resync its client (the consumer sends an ERROR and closes; the client
-    reconnects and gets fresh snapshots), so nothing is dropped silently. ``on_ready`` is called
-    (synchronously) when the mailbox goes from empty to non-empty.
+    holds). With ``coalesce_after=n``, keyed items are only merged once ``n`` items are
+    pending: a listener that keeps up gets every state (several events read from the broker in
+    one go are all delivered), one that falls behind gets the latest. Past ``maxsize`` pending
+    items the mailbox refuses the item and sets ``overflowed``: its owner must then resync its
+    client (the consumer sends an ERROR and closes; the client reconnects and gets fresh
+    snapshots), so nothing is dropped silently. ``on_ready`` is called (synchronously) when the
+    mailbox goes from empty to non-empty.
     """
 
-    __slots__ = ("maxsize", "_items", "_counter", "_on_ready", "overflowed", "coalesced")
+    __slots__ = ("maxsize", "coalesce_after", "_items", "_latest", "_counter", "_on_ready", "overflowed", "coalesced")
 
-    def __init__(self, maxsize: int, on_ready: Callable[[], None]):
+    def __init__(self, maxsize: int, on_ready: Callable[[], None], *, coalesce_after: int = 0):
         self.maxsize = maxsize
-        self._items: OrderedDict[Any, Any] = OrderedDict()
+        self.coalesce_after = coalesce_after
+        self._items: dict[int, Any] = {}  # slot number -> (rank, item), in arrival order
+        self._latest: dict[Any, int] = {}  # key -> slot of its newest pending item
         self._counter = 0
         self._on_ready = on_ready
         self.overflowed = False
@@ -139,20 +143,23 @@ class Mailbox:
         has a higher ``rank`` (a job's seq: an older event arriving late never hides a newer one)."""
         if self.overflowed:
             return False
-        was_empty = not self._items
-        if key is not None and key in self._items:
-            pending_rank, _ = self._items[key]
-            if rank is None or pending_rank is None or rank >= pending_rank:
-                self._items[key] = (rank, item)
-            self.coalesced += 1
-            return True
-        if len(self._items) >= self.maxsize:
+        items = self._items
+        was_empty = not items
+        if key is not None:
+            slot = self._latest.get(key)
+            if slot is not None and len(items) >= self.coalesce_after:
+                pending_rank, _ = items[slot]
+                if rank is None or pending_rank is None or rank >= pending_rank:
+                    items[slot] = (rank, item)
+                self.coalesced += 1
+                return True
+        if len(items) >= self.maxsize:
             self.overflowed = True
             return False
-        if key is None:
-            self._counter += 1
-            key = ("#", self._counter)
-        self._items[key] = (rank, item)
+        self._counter += 1
+        items[self._counter] = (rank, item)
+        if key is not None:
+            self._latest[key] = self._counter
         if was_empty:
             self._on_ready()
         return True
@@ -160,6 +167,7 @@ class Mailbox:
     def pop_all(self) -> list[Any]:
         items = [item for _, item in self._items.values()]
         self._items.clear()
+        self._latest.clear()
         return items
 
 
