@@ -186,11 +186,15 @@ async def run_clients(args) -> dict:
     while len(_connected) + len(errors) < len(tasks) and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     print(json.dumps({"ready": len(_connected), "errors": len(errors)}), flush=True)
+    cpu0, wall0 = time.process_time(), time.monotonic()
     if args.watch:
         try:
             await asyncio.wait_for(asyncio.gather(*(w.final.wait() for w in watchers)), args.timeout)
         except TimeoutError:
             pass
+        # The watchers' own CPU while the producer ran: near 1.0 the client, not the server,
+        # adds to the latency (it shares the machine's two cores with daphne).
+        client_cpu_share = round((time.process_time() - cpu0) / max(1e-6, time.monotonic() - wall0), 2)
         await asyncio.sleep(0.5)  # let anything after the final event arrive (it would be a bug)
     else:
         stop = asyncio.Event()
@@ -208,6 +212,7 @@ async def run_clients(args) -> dict:
         "final_seen": sum(1 for w in watchers if w.final.is_set()),
         "last_status": sorted({(w.last or {}).get("status", "none") for w in watchers}),
         "last_done": sorted({((w.last or {}).get("progress") or {}).get("done", -1) for w in watchers}),
+        "client_cpu_share": client_cpu_share if args.watch else None,
     }
 
 
@@ -404,6 +409,7 @@ def measure(mode: str, url: str, web: subprocess.Popen, procs: Procs, env: dict,
         "web_cpu_seconds": round(cpu1 - cpu0, 2), "elapsed_s": round(elapsed, 1),
         "cpu_us_per_delivery": round(1e6 * (cpu1 - cpu0) / max(1, len(lat) + sum(result["burst_received"])), 1),
         "client_errors": result["errors"],
+        "watch_client_cpu_share": result.get("client_cpu_share"),
     }
 
 
@@ -480,6 +486,8 @@ def markdown(results: dict, args) -> str:
         ("burst events received per watcher (mean)", lambda r: f"{r['burst_received_mean']} of {r['burst_sent']}"),
         ("final state seen by", lambda r: r["final_state_seen_by"]),
         ("daphne CPU per delivery", lambda r: f"{r['cpu_us_per_delivery']} µs"),
+        ("daphne CPU (share of one core, producer running)", lambda r: f"{r['web_cpu_seconds'] / max(0.1, r['elapsed_s']):.2f}"),
+        ("watchers' client process CPU (share of one core)", lambda r: f"{r['watch_client_cpu_share']}"),
     ]
     names = list(results)
     out = ["| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
