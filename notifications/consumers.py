@@ -629,7 +629,8 @@ class StompConsumer(AsyncWebsocketConsumer):
             if self.closing:
                 return
             self.last_sent = time.monotonic()
-            await self.send(text_data=data)
+            # What AsyncWebsocketConsumer.send does, minus two coroutine layers per delivery.
+            await self.base_send({"type": "websocket.send", "text": data})
             return
         if self.closing and not data.startswith(b"ERROR"):
             return
