@@ -505,7 +505,7 @@ class Worker:
                 connection.close()  # this thread's own connection, if a task opened one
                 return
             with self._lock:
-                if run.skipped:  # released or cancelled while it waited here
+                if run.skipped or run.finished:  # released, cancelled or lost while it waited here
                     continue
                 run.started = True
             if run.state.cancel_requested:  # cancelled while prefetched: never run it
@@ -616,9 +616,11 @@ class Worker:
         runs = [run for run in self._unmarked() if id(run) not in done]
         if not runs:
             return
+        # One statement for all (the start times differ by milliseconds at most; the outcome
+        # write stores each run's exact start).
+        Job.objects.filter(pk__in=[run.job.pk for run in runs], status=JobStatus.RUNNING, worker_id=self.worker_id,
+                           started_at__isnull=True).update(started_at=min(run.started_at for run in runs))
         for run in runs:
-            Job.objects.filter(pk=run.job.pk, status=JobStatus.RUNNING, worker_id=self.worker_id,
-                               started_at__isnull=True).update(started_at=run.started_at)
             run.job.started_at = run.started_at
 
     def _outcome_changes(self, run: _Run, outcome: _Outcome, now: datetime) -> tuple[dict[str, Any], str]:
@@ -709,6 +711,11 @@ class Worker:
     def _abandon(self, run: _Run) -> None:
         run.finished = True
         run.state.abandoned = True
+        # A prefetched run no slot took (its row was deleted or re-queued behind this worker's
+        # back) must never start: no slot will report it, so it leaves the books here.
+        if self._take_queued([run]):
+            self._busy -= 1
+            self._runs.pop(run.job.pk, None)
 
     def _progress_changes(self, run: _Run, now: datetime) -> dict[str, Any]:
         state, job = run.state, run.job
