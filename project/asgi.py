@@ -1,4 +1,5 @@
 """ASGI entry point: Django over HTTP, the STOMP-over-WebSocket endpoint over WebSocket."""
+import gc
 import os
 
 from django.core.asgi import get_asgi_application
@@ -28,5 +29,11 @@ def _plain_autobahn_debug_text() -> None:
 
 
 _plain_autobahn_debug_text()
+
+# Everything loaded so far (Django, the apps, the URLconf: about 150,000 objects) lives as long
+# as the process. Left in the cyclic collector's generations, every full collection walks it
+# all: measured 66 ms with the loop stopped, i.e. a latency spike for every socket of a web
+# process relaying thousands of messages a second. Frozen, the same collection took 0.1 ms.
+gc.freeze()
 
 application = ProtocolTypeRouter({"http": django_asgi_app, "websocket": websocket_application()})

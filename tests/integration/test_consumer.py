@@ -444,6 +444,31 @@ async def test_the_final_state_arrives_after_a_burst_of_progress(live, worker, a
     await client.close()
 
 
+async def test_job_events_read_from_the_broker_together_all_reach_a_socket_that_keeps_up_in_one_message(live, alice):
+    from notifications.codec import Frame, FrameParser
+
+    job = await database_sync_to_async(make_job)(alice)
+    client = await connected_client(alice)
+    await client.subscribe(destinations.job(job.pk))
+    assert (await client.next_message())["seq"] == 0
+    hub = hub_module.current_hub()
+    [broker_sub] = [s for s in hub._by_sub_id.values() if s.destination == destinations.job(job.pk)]
+    events = [await advance(job, progress_done=n) for n in (1, 2, 3)]
+    # Three MESSAGE frames handled in one go, as the hub does for the frames of one read.
+    for n, event in enumerate(events):
+        body = json.dumps(event).encode()
+        hub._dispatch(Frame("MESSAGE", (
+            ("subscription", broker_sub.sub_id), ("destination", destinations.job(job.pk)),
+            ("message-id", f"m{n}"), ("content-type", "application/json"), ("content-length", str(len(body))),
+        ), body))
+    output = await client.comm.receive_output(5)
+    parser = FrameParser()
+    parser.receive_data(output["text"].encode())
+    frames = parser.events_received()
+    assert [json.loads(f.body)["seq"] for f in frames] == [1, 2, 3]
+    await client.close()
+
+
 # ---------------------------------------------------------------- notifications
 
 

@@ -17,6 +17,20 @@ def test_a_newer_item_with_the_same_key_replaces_the_pending_one_in_place():
     assert box.pop_all() == ["job-a seq 2", "note"]
 
 
+def test_with_coalesce_after_items_of_one_key_are_all_kept_until_that_many_are_pending():
+    box = Mailbox(10, lambda: None, coalesce_after=3)
+    for seq in (1, 2, 3):
+        box.put(f"seq {seq}", key="a", rank=seq)
+    assert box.pop_all() == ["seq 1", "seq 2", "seq 3"]
+
+
+def test_past_coalesce_after_a_newer_item_replaces_the_newest_pending_one_of_its_key():
+    box = Mailbox(10, lambda: None, coalesce_after=3)
+    for seq in (1, 2, 3, 4, 5):
+        box.put(f"seq {seq}", key="a", rank=seq)
+    assert box.pop_all() == ["seq 1", "seq 2", "seq 5"]
+
+
 def test_a_late_older_item_never_hides_a_newer_pending_one():
     box, _ = make_mailbox()
     box.put("seq 3", key="a", rank=3)
