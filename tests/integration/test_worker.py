@@ -467,3 +467,15 @@ def test_max_jobs_counts_prefetched_jobs_and_claims_no_more(settings):
         jobs_tasks.add.enqueue(1, 1)
     stats = Worker(max_jobs=3, concurrency=1, poll_interval=0.05, wakeups=False).run()
     assert (stats.claimed, stats.succeeded, Job.objects.filter(status="READY").count()) == (3, 3, 2)
+
+
+def test_a_prefetched_job_deleted_before_its_slot_takes_it_never_runs(settings, tmp_path):
+    worker, thread, busy, queued, queued_runs = start_prefetching_worker(settings, tmp_path)
+    try:
+        Job.objects.filter(pk=queued[0].id).delete()
+        wait_until(lambda: status_of(queued[1]) == "SUCCESSFUL", timeout=10)
+        wait_until(lambda: worker._busy == 0, timeout=5)
+    finally:
+        worker.stop(force=True)
+        thread.join(15)
+    assert jobs_tasks.runs_in(queued_runs) == [str(queued[1].id)]
