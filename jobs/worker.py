@@ -105,7 +105,7 @@ def backoff_delay(attempt: int) -> float:
 class WorkerStats:
     """What one Worker.run() did."""
 
-    claimed: int = 0
+    claimed: int = 0  # jobs taken to run (prefetched jobs released unstarted at a stop are not counted)
     succeeded: int = 0
     failed: int = 0
     cancelled: int = 0
