@@ -159,8 +159,31 @@ async def _ref_connection(url: str, watcher: Watcher | None, hold: asyncio.Event
 _connected: list[int] = []
 
 
+class _BrokerWatcher:
+    """A direct STOMP subscriber to the job's broker topic (a hub of its own): what reached the
+    broker's side, to tell the web process's share of latency and loss from the producer's."""
+
+    def __init__(self) -> None:
+        self.watcher = Watcher()
+
+    def hub_event(self, event) -> None:
+        if event.data is not None:
+            self.watcher.on_event(event.data, time.time())
+
+    def hub_reconnected(self) -> None:
+        pass
+
+
 async def run_clients(args) -> dict:
     hold = asyncio.Event()
+    broker_hub = broker_watcher = None
+    if args.mode == "stomp" and args.watch and os.environ.get("STOMP_BROKER_URL"):
+        from notifications import destinations
+        from notifications.hub import Hub
+
+        broker_hub, broker_watcher = Hub(os.environ["STOMP_BROKER_URL"]), _BrokerWatcher()
+        broker_hub.start()
+        await asyncio.wait_for(broker_hub.subscribe(destinations.job(args.job), broker_watcher), START_TIMEOUT)
     watchers = [Watcher() for _ in range(args.watch)]
     limiter = asyncio.Semaphore(CONNECT_CONCURRENCY)
     errors: list[str] = []
@@ -202,7 +225,11 @@ async def run_clients(args) -> dict:
         await stop.wait()
     hold.set()
     await asyncio.wait(tasks, timeout=10)
+    if broker_hub is not None:
+        await broker_hub.close()
     return {
+        "broker_latencies": [round(x, 6) for x in broker_watcher.watcher.latencies] if broker_watcher else [],
+        "broker_steady_received": len(broker_watcher.watcher.steady_done) if broker_watcher else None,
         "connected": len(_connected),
         "errors": errors[:5],
         "error_count": len(errors),
@@ -410,6 +437,17 @@ def measure(mode: str, url: str, web: subprocess.Popen, procs: Procs, env: dict,
         "cpu_us_per_delivery": round(1e6 * (cpu1 - cpu0) / max(1, len(lat) + sum(result["burst_received"])), 1),
         "client_errors": result["errors"],
         "watch_client_cpu_share": result.get("client_cpu_share"),
+        "broker_side": _broker_side(result),
+    }
+
+
+def _broker_side(result: dict) -> dict | None:
+    lat = sorted(result.get("broker_latencies") or [])
+    if not lat:
+        return None
+    return {
+        "p50": round(1000 * lat[len(lat) // 2], 1), "p99": round(1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))], 1),
+        "max": round(1000 * lat[-1], 1), "steady_received": result.get("broker_steady_received"),
     }
 
 
@@ -486,6 +524,9 @@ def markdown(results: dict, args) -> str:
         ("burst events received per watcher (mean)", lambda r: f"{r['burst_received_mean']} of {r['burst_sent']}"),
         ("final state seen by", lambda r: r["final_state_seen_by"]),
         ("daphne CPU per delivery", lambda r: f"{r['cpu_us_per_delivery']} µs"),
+        ("at the broker (one direct STOMP subscriber): p50 / p99 / max, steady events received",
+         lambda r: "n/a" if not r.get("broker_side") else
+         f"{r['broker_side']['p50']} / {r['broker_side']['p99']} / {r['broker_side']['max']} ms, {r['broker_side']['steady_received']}"),
         ("watchers' client process CPU (share of one core, until the final state or timeout)", lambda r: f"{r['watch_client_cpu_share']}"),
     ]
     names = list(results)
