@@ -799,11 +799,15 @@ class _Supervisor:
             (c.session_key, c.user.pk, any(s.needs_permission and s.active for s in c.subs.values()))
             for c in consumers
         ]
+        # Tabs of one browser share a session: each distinct (session, user, need) is checked
+        # once (the check runs in a thread but holds the GIL the event loop needs).
+        unique = list(dict.fromkeys(entries))
         try:
-            results = await database_sync_to_async(permissions.session_states)(entries)
+            answers = dict(zip(unique, await database_sync_to_async(permissions.session_states)(unique)))
         except Exception:
             logger.exception("Re-checking %d WebSocket sessions failed", len(consumers))
             return
+        results = [answers[entry] for entry in entries]
         for consumer, (state, allowed) in zip(consumers, results):
             if consumer.closing:
                 continue
