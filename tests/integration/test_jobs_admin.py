@@ -279,3 +279,13 @@ def test_a_user_who_is_not_staff_gets_the_admin_login(alice):
     response = login(alice).get(CHANGELIST)
     assert response.status_code == 302
     assert response["Location"].startswith("/admin/login/")
+
+
+def test_an_empty_change_list_still_offers_a_button_that_starts_a_debug_report(root):
+    c = login(root)
+    page = c.get(CHANGELIST).content.decode()
+    start_url = reverse("admin:jobs_job_start_debug_report")
+    assert f'<form method="post" action="{start_url}" class="job-start-report">' in page
+    response = c.post(start_url)
+    job = Job.objects.get()
+    assert response["Location"] == reverse("admin:jobs_job_change", args=[job.pk])
