@@ -59,7 +59,9 @@ from .codec import (
     RemoteProtocolError,
     encode_frame,
     escape,
+    negotiate_heartbeat,
     negotiate_version,
+    parse_heartbeat,
 )
 from .hub import Event, Mailbox, get_hub
 
@@ -272,16 +274,12 @@ class StompConsumer(AsyncWebsocketConsumer):
         if self.session_key:
             _by_session.setdefault(self.session_key, weakref.WeakSet()).add(self)
 
-        client_hb = frame.get("heart-beat", "0,0")
         try:
-            cx, cy = (int(v) for v in client_hb.split(","))
-            if cx < 0 or cy < 0:
-                raise ValueError
-        except ValueError:
-            raise _Close(f"Invalid heart-beat header {client_hb!r}") from None
+            client_hb = parse_heartbeat(frame.get("heart-beat", "0,0"))
+        except ValueError as exc:
+            raise _Close(str(exc)) from None
         ours = int(conf.get("HEARTBEAT_MS"))
-        self.send_ms = max(ours, cy) if ours and cy else 0
-        self.expect_ms = max(ours, cx) if ours and cx else 0
+        self.send_ms, self.expect_ms = negotiate_heartbeat((ours, ours), client_hb)
         self.stomp_connected = True
         self.recheck_seconds = float(conf.get("SESSION_RECHECK_SECONDS"))
         self.hub = get_hub()

@@ -21,7 +21,7 @@ from functools import cached_property
 from typing import Any, Protocol
 
 from . import conf
-from .codec import HEARTBEAT, Frame, FrameParser, Limits, StompError, encode_frame
+from .codec import HEARTBEAT, Frame, FrameParser, Limits, StompError, encode_frame, negotiate_heartbeat, parse_heartbeat
 
 __all__ = [
     "Event",
@@ -484,7 +484,11 @@ class Hub:
         self._write(Frame("CONNECT", tuple(connect_headers)))
 
         connected = await asyncio.wait_for(self._read_connected(reader, parser), CONNECT_TIMEOUT)
-        send_ms, expect_ms = self._negotiate_heartbeat(connected.get("heart-beat", "0,0"))
+        try:
+            broker_hb = parse_heartbeat(connected.get("heart-beat", "0,0"))
+        except ValueError:
+            broker_hb = (0, 0)  # a broker that cannot say it beats is not held to it
+        send_ms, expect_ms = negotiate_heartbeat((self.heartbeat_ms, self.heartbeat_ms), broker_hb)
         self.stats.connects += 1
         logger.info("STOMP hub connected to %s (heart-beat send %d ms, expect %d ms)", url, send_ms, expect_ms)
 
@@ -524,16 +528,6 @@ class Hub:
                 if event.command == "ERROR":
                     raise ConnectionError(f"broker refused the connection: {event.get('message', '')}".strip())
                 raise ConnectionError(f"unexpected {event.command} frame before CONNECTED")
-
-    def _negotiate_heartbeat(self, header: str) -> tuple[int, int]:
-        try:
-            sx, sy = (int(part) for part in header.split(","))
-        except ValueError:
-            sx, sy = 0, 0
-        ours = self.heartbeat_ms
-        send_ms = max(ours, sy) if ours and sy else 0
-        expect_ms = max(ours, sx) if ours and sx else 0
-        return send_ms, expect_ms
 
     async def _heartbeat(self, send_ms: int) -> None:
         interval = send_ms / 1000

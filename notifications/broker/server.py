@@ -36,7 +36,9 @@ from notifications.codec import (
     RemoteProtocolError,
     encode_frame,
     escape,
+    negotiate_heartbeat,
     negotiate_version,
+    parse_heartbeat,
 )
 
 from .config import BrokerConfig, BrokerStats, QueueOverflow
@@ -482,8 +484,12 @@ class Connection(asyncio.Protocol):
                 logger.warning("Refused login %r from %s", login, self.peer)
                 raise BrokerError("Access refused: wrong login or passcode")
         self.login = login
-        cx, cy = self._parse_heartbeat(headers.get("heart-beat", "0,0"))
+        try:
+            client_hb = parse_heartbeat(headers.get("heart-beat", "0,0"))
+        except ValueError as exc:
+            raise BrokerError(str(exc)) from None
         sx, sy = config.heartbeat_send_ms, config.heartbeat_receive_ms
+        send_ms, expect_ms = negotiate_heartbeat((sx, sy), client_hb)
         self.connected = True
         self.session = broker.new_session_id()
         self.send_frame(
@@ -497,11 +503,11 @@ class Connection(asyncio.Protocol):
         if self.hb_in_handle is not None:
             self.hb_in_handle.cancel()
             self.hb_in_handle = None
-        self.hb_in = max(cx, sy) / 1000.0 * config.heartbeat_tolerance if cx and sy else 0.0
+        self.hb_in = expect_ms / 1000.0 * config.heartbeat_tolerance
         if self.hb_in:
             self.rx = True
             self.hb_in_handle = loop.call_later(self.hb_in, self._check_incoming)
-        self.hb_out = max(sx, cy) / 1000.0 if sx and cy else 0.0
+        self.hb_out = send_ms / 1000.0
         if self.hb_out:
             self.hb_out_handle = loop.call_later(self.hb_out, self._send_heartbeat)
 
@@ -509,13 +515,6 @@ class Connection(asyncio.Protocol):
         self.version = version
         self.escaped = version != "1.0"
         self.parser.version = version
-
-    @staticmethod
-    def _parse_heartbeat(value: str) -> tuple[int, int]:
-        parts = value.split(",")
-        if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-            raise BrokerError(f"Invalid heart-beat header {value!r}: expected two numbers like 10000,10000")
-        return int(parts[0]), int(parts[1])
 
     def on_send(self, frame: Frame, in_transaction: bool = False) -> None:
         headers = frame.headers

@@ -10,7 +10,7 @@ from .errors import LocalProtocolError, RemoteProtocolError, StompError
 from .escaping import escape, unescape
 from .frame import HEARTBEAT, Frame, Heartbeat
 from .limits import MAX_BODY_SIZE, MAX_FRAME_SIZE, MAX_HEADER_LINE, MAX_HEADERS, Limits
-from .parser import VERSIONS, FrameParser, negotiate_version
+from .parser import VERSIONS, FrameParser, negotiate_heartbeat, negotiate_version, parse_heartbeat
 
 __all__ = [
     "Frame",
@@ -28,7 +28,9 @@ __all__ = [
     "LocalProtocolError",
     "RemoteProtocolError",
     "VERSIONS",
+    "negotiate_heartbeat",
     "negotiate_version",
+    "parse_heartbeat",
     "escape",
     "unescape",
 ]

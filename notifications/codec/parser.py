@@ -70,6 +70,25 @@ def negotiate_version(accept_version: str | None, supported: tuple[str, ...] = V
     return max(common, key=lambda v: tuple(int(p) for p in v.split("."))) if common else None
 
 
+def parse_heartbeat(value: str) -> tuple[int, int]:
+    """The two numbers of a heart-beat header ("cx,cy", milliseconds); ValueError otherwise."""
+    parts = value.split(",")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise ValueError(f"Invalid heart-beat header {value!r}: expected two numbers like 10000,10000")
+    return int(parts[0]), int(parts[1])
+
+
+def negotiate_heartbeat(ours: tuple[int, int], theirs: tuple[int, int]) -> tuple[int, int]:
+    """(send_ms, expect_ms) for one side of a connection, by the specification's rule.
+
+    `ours` and `theirs` are each side's (can send every, wants to receive every) in ms: we send
+    every max(our cx, their cy) unless either is 0, and expect their beats every
+    max(our cy, their cx) unless either is 0. 0 means none.
+    """
+    (cx, cy), (tx, ty) = ours, theirs
+    return (max(cx, ty) if cx and ty else 0, max(cy, tx) if cy and tx else 0)
+
+
 def _short(text: str | bytes, width: int = 40) -> str:
     text = repr(text)
     return text if len(text) <= width else text[: width - 3] + "..."

@@ -412,3 +412,31 @@ def test_many_distinct_header_blocks_parse_correctly():
     parser = FrameParser()
     parser.receive_data(b"".join(b"SEND\ndestination:/q\nreceipt:%d\n\n\x00" % i for i in range(300)))
     assert [f.get("receipt") for f in parser.events_received()] == [str(i) for i in range(300)]
+
+
+def test_a_heart_beat_header_is_read_as_two_millisecond_numbers():
+    from notifications.codec import parse_heartbeat
+
+    assert parse_heartbeat("10000,0") == (10000, 0)
+
+
+@pytest.mark.parametrize("value", ["soon", "10", "1,2,3", "-1,0", ",5"])
+def test_a_heart_beat_header_that_is_not_two_numbers_is_refused_with_its_value_named(value):
+    from notifications.codec import parse_heartbeat
+
+    with pytest.raises(ValueError, match="Invalid heart-beat header"):
+        parse_heartbeat(value)
+
+
+@pytest.mark.parametrize(
+    ("ours", "theirs", "expected"),
+    [
+        ((10000, 10000), (0, 0), (0, 0)),  # a peer that wants none gets none and owes none
+        ((10000, 5000), (2000, 30000), (30000, 5000)),  # the slower of each pair wins
+        ((0, 1000), (500, 500), (0, 1000)),  # we cannot send: we only expect
+    ],
+)
+def test_heart_beats_are_negotiated_as_the_specification_says(ours, theirs, expected):
+    from notifications.codec import negotiate_heartbeat
+
+    assert negotiate_heartbeat(ours, theirs) == expected
