@@ -20,6 +20,13 @@ def service_missing(reason: str) -> None:
     pytest.skip(reason)
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (free at the time of the call)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout):

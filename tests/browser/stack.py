@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.conftest import free_port
+
 __all__ = ["ROOT", "PYTHON", "free_port", "wait_port", "LiveStack", "prepare_database", "manage"]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,12 +37,6 @@ for name, password, superuser in {users!r}:
     else:
         User.objects.create_user(name, name + "@example.com", password)
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_port(port: int, timeout: float, proc: subprocess.Popen | None = None) -> None:

@@ -11,14 +11,9 @@ from pathlib import Path
 import pytest
 import stomp
 from django.core.management import CommandError, call_command
+from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
@@ -45,7 +40,7 @@ def test_the_command_refuses_a_user_without_a_passcode():
 def test_the_command_serves_until_its_shutdown_trigger_fires(settings):
     from notifications.management.commands import stompbroker
 
-    port = _free_port()
+    port = free_port()
     settings.NOTIFICATIONS = {"EMBEDDED_BROKER": {"PORT": port, "USERS": {"app": "pw"}}}
     seen = {}
 
@@ -77,7 +72,7 @@ def _run(args: list[str]) -> subprocess.Popen:
 
 @pytest.mark.parametrize("entry", ["manage.py", "module"])
 def test_the_runners_serve_clients_and_stop_cleanly_on_sigterm(entry, tmp_path):
-    port = _free_port()
+    port = free_port()
     options = ["--port", str(port), "--user", "a:b", "--data-file", str(tmp_path / "q.sqlite3"), "--log-level", "INFO"]
     base = [sys.executable, "manage.py", "stompbroker"] if entry == "manage.py" else [sys.executable, "-m", "notifications.broker"]
     proc = _run(base + options)

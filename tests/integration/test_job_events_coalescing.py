@@ -1,16 +1,9 @@
 """Job events: progress within one state coalesces, a state change never replaces another."""
 from __future__ import annotations
 
-import socket
-
 from jobs import events
 from notifications.publisher import get_publisher
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.conftest import free_port
 
 
 def event(status: str, done: int, attempts: int = 1) -> dict:
@@ -19,7 +12,7 @@ def event(status: str, done: int, attempts: int = 1) -> dict:
 
 
 def test_while_the_broker_is_away_progress_coalesces_but_every_state_change_stays_queued(settings):
-    settings.NOTIFICATIONS = {**settings.NOTIFICATIONS, "BROKER_URL": f"stomp://127.0.0.1:{closed_port()}",
+    settings.NOTIFICATIONS = {**settings.NOTIFICATIONS, "BROKER_URL": f"stomp://127.0.0.1:{free_port()}",
                               "RECONNECT_MIN": 30.0, "RECONNECT_MAX": 30.0}
     publisher = get_publisher()
     try:

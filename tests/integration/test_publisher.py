@@ -20,6 +20,7 @@ import stomp
 from notifications import publisher as publisher_module
 from notifications.conf import parse_broker_url
 from notifications.publisher import Publisher, get_publisher, publish
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -38,12 +39,6 @@ def with_credentials(url: str, port: int) -> str:
     auth = f"{parsed.login}:{parsed.passcode or ''}@" if parsed.login else ""
     vhost = f"/{parsed.vhost}" if parsed.vhost else ""
     return f"stomp://{auth}127.0.0.1:{port}{vhost}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Relay:

@@ -11,14 +11,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def stack_env(tmp_path: Path, broker_port: int) -> dict[str, str]:
