@@ -26,7 +26,8 @@ DEFAULTS: dict[str, Any] = {
     "STALE_AFTER": 30.0,
     # Seconds between two reads of cancel requests for the running jobs of a worker.
     "CANCEL_POLL_INTERVAL": 0.5,
-    # Progress and log lines are written to the database and published at most this often (seconds).
+    # Progress and log lines are written to the database and published at most this often (seconds);
+    # the first report after a quieter spell is written at once, faster ones are merged (latest wins).
     "PROGRESS_INTERVAL": 0.1,
     # Entries kept in Job.log (oldest dropped first; Job.log_count keeps counting).
     "LOG_LIMIT": 200,

@@ -12,7 +12,8 @@
 A call only records the latest state on the job's in-memory RunState (found through a context
 variable the worker sets for the task's thread, copied into asyncio tasks): the worker's loop
 writes it to the database and publishes it at most every JOBS["PROGRESS_INTERVAL"] seconds
-(latest state wins). Outside a worker (tests calling the function, the ImmediateBackend) every
+(latest state wins). The first report after a quiet interval wakes the loop, so it goes out at
+once; reports arriving faster than that are merged into the next write. Outside a worker (tests calling the function, the ImmediateBackend) every
 call is a no-op and is_cancel_requested() is False.
 """
 from __future__ import annotations
@@ -21,7 +22,7 @@ import contextvars
 import logging
 import time
 from collections import deque
-from typing import Any
+from typing import Any, Callable
 
 __all__ = [
     "RunState",
@@ -43,7 +44,9 @@ class RunState:
 
     The task's thread only stores attributes or appends to a deque (atomic under the GIL);
     the worker's loop reads them. ``dirty`` is cleared by the reader *before* it reads, so a
-    report racing with a flush is picked up by the next flush, never lost.
+    report racing with a flush is picked up by the next flush, never lost. ``wake`` (set by the
+    worker) is called when ``dirty`` goes from False to True: once per flush at most, however
+    often the task reports.
     """
 
     __slots__ = (
@@ -55,6 +58,7 @@ class RunState:
         "result_file",
         "abandoned",
         "in_task",
+        "wake",
         "__weakref__",
     )
 
@@ -68,6 +72,14 @@ class RunState:
         # Set when the worker gave up on the run (timeout, lost ownership): reports are ignored.
         self.abandoned = False
         self.in_task = False
+        self.wake: Callable[[], None] | None = None
+
+    def mark_dirty(self) -> None:
+        if not self.dirty:
+            self.dirty = True
+            wake = self.wake
+            if wake is not None:
+                wake()
 
     def take_log(self) -> list[tuple[float, str]]:
         taken = []
@@ -119,7 +131,8 @@ def report_progress(done: int, total: int | None = None, message: str | None = N
     elif type(message) is not str:
         message = str(message)
     state.progress = (done, total, message)
-    state.dirty = True
+    if not state.dirty:
+        state.mark_dirty()
 
 
 def log(text: str) -> None:
@@ -128,7 +141,7 @@ def log(text: str) -> None:
     if state is None:
         return
     state.pending_log.append((time.time(), text if type(text) is str else str(text)))
-    state.dirty = True
+    state.mark_dirty()
 
 
 def is_cancel_requested() -> bool:
@@ -165,5 +178,5 @@ def save_result_file(filename: str, content: bytes | str) -> str:
     safe = filename.replace("/", "_").replace("\\", "_") or "result"
     name = default_storage.save(f"jobs/{state.job_id}/{safe}", ContentFile(data))
     state.result_file = name
-    state.dirty = True
+    state.mark_dirty()
     return name

@@ -292,7 +292,9 @@ class Worker:
                     if self._stop_count >= 2:
                         break
                     self._wake.wait(DB_ERROR_PAUSE)
-                wait = min(v for k, v in due.items() if k != "progress" or self._runs) - time.monotonic()
+                # Progress is due only while some run has unwritten reports; the first report
+                # after a quiet interval wakes this loop (RunState.wake) and is written at once.
+                wait = min(v for k, v in due.items() if k != "progress" or self._progress_pending()) - time.monotonic()
                 if self._next_retry_at is not None and not self.stopping:
                     wait = min(wait, self._next_retry_at - time.monotonic())
                 if self._stop_deadline is not None:
@@ -326,9 +328,7 @@ class Worker:
             return True
         if self.stopping:  # prefetched jobs no slot took go back to READY at once
             self._release_queued()
-        if due["progress"] <= now:
-            if self._runs:
-                self._flush_progress()
+        if due["progress"] <= now and self._flush_progress():
             due["progress"] = now + interval["progress"]
         if due["heartbeat"] <= now:
             self._heartbeat()
@@ -486,6 +486,7 @@ class Worker:
             events.publish_job(job)
             return
         run = _Run(job=job, state=RunState(job.pk), task=task, deadline=None)
+        run.state.wake = self._wake.set  # a report after a quiet interval is written at once
         self._runs[job.pk] = run
         self._busy += 1
         # First: the task need not wait for the event and the signal.
@@ -742,10 +743,14 @@ class Worker:
 
     # Periodic work --------------------------------------------------------------------------
 
-    def _flush_progress(self) -> None:
+    def _progress_pending(self) -> bool:
+        return any(not run.finished and run.state.dirty for run in self._runs.values())
+
+    def _flush_progress(self) -> bool:
+        """Write and publish the runs with new reports; False if there were none."""
         dirty = [run for run in self._runs.values() if not run.finished and run.state.dirty]
         if not dirty:
-            return
+            return False
         changed: list[Job] = []
         now = timezone.now()
         with transaction.atomic():
@@ -757,6 +762,7 @@ class Worker:
                         changed.append(run.job)
                         break
         self._announce(changed)
+        return True
 
     def _heartbeat(self) -> None:
         ids = [pk for pk, run in self._runs.items() if not run.finished]

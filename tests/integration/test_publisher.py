@@ -375,6 +375,27 @@ def test_a_subscription_is_renewed_after_a_reconnect(broker_url, destination, re
     other.close()
 
 
+def _nodelay_of(p: Publisher) -> int:
+    return p._conn.transport.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+
+
+def test_the_publisher_socket_has_nagle_off_on_every_connection(broker_url, destination, relay, make_publisher):
+    # A job event is two frames back to back; with Nagle on, the second waited for the
+    # broker's delayed ACK of the first (tens of milliseconds).
+    relay.start()
+    p = make_publisher(with_credentials(broker_url, relay.port))
+    p.publish(destination, {"n": 1})
+    assert p.flush(10) is True
+    assert _nodelay_of(p) != 0
+    relay.cut()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and p.stats().connects < 2:
+        time.sleep(0.02)
+    p.publish(destination, {"n": 2})
+    assert p.flush(10) is True
+    assert (p.stats().connects, _nodelay_of(p) != 0) == (2, True)
+
+
 def test_close_is_idempotent_and_later_publishes_are_counted_as_rejected(broker_url, make_publisher):
     p = make_publisher(broker_url)
     p.publish("/topic/test.close", {"n": 1})

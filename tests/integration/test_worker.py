@@ -173,6 +173,18 @@ def test_progress_is_written_to_the_database_while_the_task_runs(tmp_path):
         "RUNNING", 2, 4, 50.0, "halfway", ["half done"])
 
 
+def test_the_first_report_after_a_quiet_interval_is_written_without_waiting_for_the_interval(settings, tmp_path):
+    # The interval limits how often a run is written, not how late its first report is.
+    settings.JOBS = {**FAST, "PROGRESS_INTERVAL": 120.0}
+    runs = tmp_path / "runs"
+    result = jobs_tasks.report_then_wait.enqueue(str(runs), 20)
+    with running_worker():
+        wait_until(lambda: jobs_tasks.runs_in(str(runs)))
+        job = wait_until(lambda: Job.objects.filter(pk=result.id, progress_done=2).first(), timeout=10)
+        Job.objects.get(pk=result.id).cancel()
+    assert (job.status, job.message, [e["text"] for e in job.log]) == ("RUNNING", "halfway", ["half done"])
+
+
 def test_a_job_deleted_while_it_runs_is_dropped_and_the_worker_goes_on(tmp_path):
     runs = tmp_path / "runs"
     doomed = jobs_tasks.sleep_for.enqueue(str(runs), 0.3)

@@ -31,6 +31,19 @@ def test_report_progress_records_the_latest_state(state):
     assert (state.progress, state.dirty) == ((2, 10, "two"), True)
 
 
+def test_the_worker_is_woken_once_per_write_however_often_the_task_reports(state):
+    wakes = []
+    state.wake = lambda: wakes.append(state.progress)
+    report_progress(1, 10, "one")
+    report_progress(2, 10, "two")
+    log("a line")
+    assert wakes == [(1, 10, "one")]
+    state.dirty = False  # what the worker does before it reads and writes the state
+    log("another line")
+    report_progress(3, 10, "three")
+    assert wakes == [(1, 10, "one"), (2, 10, "two")]
+
+
 def test_a_message_of_none_keeps_the_previous_message(state):
     report_progress(1, 10, "loading")
     report_progress(2, 10)
