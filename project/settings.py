@@ -86,9 +86,11 @@ DATABASES = {
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Workers and web processes share one file: wait for the write lock instead of
-    # failing at once, and let writers use BEGIN IMMEDIATE where they ask for it.
+    # failing at once, and let writers use BEGIN IMMEDIATE where they ask for it. WAL with
+    # synchronous=NORMAL: no fsync per commit (a power cut may lose the last commits, a crash
+    # of the process loses nothing), so each progress write costs half as much.
     DATABASES["default"].setdefault("OPTIONS", {}).update(
-        {"timeout": 20, "transaction_mode": "IMMEDIATE", "init_command": "PRAGMA journal_mode=WAL;"}
+        {"timeout": 20, "transaction_mode": "IMMEDIATE", "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"}
     )
 
 AUTH_PASSWORD_VALIDATORS = [
