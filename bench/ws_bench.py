@@ -64,6 +64,7 @@ class Watcher:
 
     def __init__(self) -> None:
         self.latencies: list[float] = []
+        self.by_done: dict[int, float] = {}  # steady event (its progress "done") -> latency
         self.steady_done: set[int] = set()
         self.burst_events = 0
         self.last: dict | None = None
@@ -80,6 +81,7 @@ class Watcher:
             phase, latency = seen
             if phase == "s":
                 self.latencies.append(latency)
+                self.by_done[event["progress"]["done"]] = latency
                 self.steady_done.add(event["progress"]["done"])
             else:
                 self.burst_events += 1
@@ -177,7 +179,9 @@ class _BrokerWatcher:
 async def run_clients(args) -> dict:
     hold = asyncio.Event()
     broker_hub = broker_watcher = None
-    if args.mode == "stomp" and args.watch and os.environ.get("STOMP_BROKER_URL"):
+    # The direct broker subscriber runs in the idle clients' process, which has nothing else to
+    # do while the job runs: in the watchers' busy process its own loop would add to its figure.
+    if args.mode == "stomp" and args.job and not args.watch and os.environ.get("STOMP_BROKER_URL"):
         from notifications import destinations
         from notifications.hub import Hub
 
@@ -229,6 +233,8 @@ async def run_clients(args) -> dict:
         await broker_hub.close()
     return {
         "broker_latencies": [round(x, 6) for x in broker_watcher.watcher.latencies] if broker_watcher else [],
+        "broker_by_done": broker_watcher.watcher.by_done if broker_watcher else {},
+        "watch_by_done": [w.by_done for w in watchers],
         "broker_steady_received": len(broker_watcher.watcher.steady_done) if broker_watcher else None,
         "connected": len(_connected),
         "errors": errors[:5],
@@ -393,7 +399,7 @@ def measure(mode: str, url: str, web: subprocess.Popen, procs: Procs, env: dict,
     warm.wait(timeout=30)
     time.sleep(1.0)
     rss0 = rss(web.pid)
-    idle = procs.start("idle", client_cmd(mode, url, idle=args.idle, session=session, origin=origin), env, stdout=subprocess.PIPE, text=True)
+    idle = procs.start("idle", client_cmd(mode, url, idle=args.idle, job=job, session=session, origin=origin), env, stdout=subprocess.PIPE, text=True)
     idle_ready = read_json_line(idle, "ready", START_TIMEOUT * 4)
     time.sleep(2.0)
     rss1 = rss(web.pid)
@@ -437,18 +443,27 @@ def measure(mode: str, url: str, web: subprocess.Popen, procs: Procs, env: dict,
         "cpu_us_per_delivery": round(1e6 * (cpu1 - cpu0) / max(1, len(lat) + sum(result["burst_received"])), 1),
         "client_errors": result["errors"],
         "watch_client_cpu_share": result.get("client_cpu_share"),
-        "broker_side": _broker_side(result),
+        "broker_side": _broker_side(idle_result, result),
     }
 
 
-def _broker_side(result: dict) -> dict | None:
-    lat = sorted(result.get("broker_latencies") or [])
+def _pcts(values: list[float]) -> dict:
+    values = sorted(values)
+    return {"p50": round(1000 * values[len(values) // 2], 1), "p99": round(1000 * values[min(len(values) - 1, int(0.99 * len(values)))], 1),
+            "max": round(1000 * values[-1], 1)}
+
+
+def _broker_side(idle_result: dict, watch_result: dict) -> dict | None:
+    """What the direct broker subscriber saw, and each delivery's latency after it (the web
+    process, the WebSocket and the watchers' client), per event: watcher minus broker."""
+    lat = idle_result.get("broker_latencies") or []
     if not lat:
         return None
-    return {
-        "p50": round(1000 * lat[len(lat) // 2], 1), "p99": round(1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))], 1),
-        "max": round(1000 * lat[-1], 1), "steady_received": result.get("broker_steady_received"),
-    }
+    at_broker = {int(k): v for k, v in (idle_result.get("broker_by_done") or {}).items()}
+    after = [latency - at_broker[int(done)] for seen in watch_result.get("watch_by_done") or []
+             for done, latency in seen.items() if int(done) in at_broker]
+    return {**_pcts(lat), "steady_received": idle_result.get("broker_steady_received"),
+            "after_broker": _pcts(after) if after else None}
 
 
 def run_ours(args, workdir: Path) -> dict:
@@ -527,6 +542,9 @@ def markdown(results: dict, args) -> str:
         ("at the broker (one direct STOMP subscriber): p50 / p99 / max, steady events received",
          lambda r: "n/a" if not r.get("broker_side") else
          f"{r['broker_side']['p50']} / {r['broker_side']['p99']} / {r['broker_side']['max']} ms, {r['broker_side']['steady_received']}"),
+        ("after the broker (each delivery minus the broker subscriber's latency for that event): p50 / p99 / max",
+         lambda r: "n/a" if not (r.get("broker_side") or {}).get("after_broker") else
+         "{p50} / {p99} / {max} ms".format(**r["broker_side"]["after_broker"])),
         ("watchers' client process CPU (share of one core, until the final state or timeout)", lambda r: f"{r['watch_client_cpu_share']}"),
     ]
     names = list(results)
