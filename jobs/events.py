@@ -76,11 +76,13 @@ def job_event(job: Job) -> dict[str, Any]:
 
 
 def _publisher_publish():
+    """notifications.publisher.publish_event (through a web process's hub when it is connected,
+    else the process publisher), or None where the notifications app is not installed."""
     try:
-        from notifications.publisher import publish
-    except ImportError:  # the publisher is optional for the backend alone (and lands separately)
+        from notifications.publisher import publish_event
+    except ImportError:
         return None
-    return publish
+    return publish_event
 
 
 def publish_event(event: dict[str, Any]) -> None:

@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from . import destinations
 from .models import Level, Notification
+from .publisher import publish_event  # re-exported: callable from any Django code
 
 __all__ = ["notify", "broadcast", "unread_count", "mark_read", "recent", "publish_event"]
 
@@ -44,34 +45,6 @@ def _validated(title: str, text: str, level: str, link: str) -> tuple[str, str, 
     if level not in Level.values:
         raise ValueError(f"Unknown notification level {level!r}; use one of {', '.join(Level.values)}")
     return title, text or "", level, link or ""
-
-
-def publish_event(destination: str, payload: dict, *, coalesce_key: str | None = None) -> None:
-    """Hand an event to this process's STOMP connection; never raises (the DB row is the real copy).
-
-    In a web process whose hub is connected, the hub's connection carries it; elsewhere (worker,
-    shell, WSGI) notifications.publisher.publish does, with ``coalesce_key`` for its buffer.
-    """
-    # Inside a web process whose hub is connected, reuse its connection (principle 2).
-    try:
-        from . import hub
-    except ImportError:  # pragma: no cover - only while the hub module is absent
-        hub = None
-    if hub is not None:
-        try:
-            if hub.publish_threadsafe(destination, payload):
-                return
-        except Exception:
-            logger.exception("Could not hand an event for %s to the hub; using the publisher", destination)
-    try:
-        from .publisher import publish
-    except ImportError:  # pragma: no cover - only while the publisher is not installed
-        logger.warning("notifications.publisher is unavailable; event for %s not sent", destination)
-        return
-    try:
-        publish(destination, payload, coalesce_key=coalesce_key)
-    except Exception:  # publish() promises not to raise; a bug there must not lose the row
-        logger.exception("Publishing a notification event to %s failed", destination)
 
 
 def _publish_notification(notification_id: int) -> None:

@@ -720,6 +720,31 @@ def publish(
     publisher.publish(destination, payload, headers=headers, coalesce_key=coalesce_key)
 
 
+def publish_event(
+    destination: str,
+    payload: dict | list | str | bytes,
+    *,
+    coalesce_key: str | None = None,
+) -> None:
+    """Publish an event from any code in any process; never raises (the database row is the real copy).
+
+    In a web process whose hub is connected, the hub's connection carries it, so the process
+    keeps one broker connection (DESIGN principle 2); elsewhere (worker, shell, WSGI, a web
+    process whose hub is reconnecting) publish() does, with ``coalesce_key`` for its buffer.
+    """
+    from . import hub
+
+    try:
+        if hub.publish_threadsafe(destination, payload):
+            return
+    except Exception:
+        logger.exception("Could not hand an event for %s to the hub; using the publisher", destination)
+    try:
+        publish(destination, payload, coalesce_key=coalesce_key)
+    except Exception:  # publish() promises not to raise; a bug there must not lose the row
+        logger.exception("Publishing an event to %s failed", destination)
+
+
 def _flush_at_exit() -> None:
     publisher = _publisher
     if publisher is None or publisher._pid != os.getpid():

@@ -210,3 +210,38 @@ async def test_close_is_idempotent_and_stops_reconnecting(relay, stomp_broker_ur
     connections = relay.connections
     await asyncio.sleep(0.3)
     assert (hub.connected, relay.connections) == (False, connections)
+
+
+async def test_job_events_and_wakeups_sent_by_code_in_a_web_process_use_its_hub_connection(relay, stomp_broker_url, settings):
+    # A view enqueuing or cancelling a job runs in a worker thread of the web process: its events
+    # go out on the process hub's connection, and no second broker connection (publisher) is made.
+    from asgiref.sync import sync_to_async
+
+    from jobs import events
+    from notifications import destinations, hub as hub_module, publisher as publisher_module
+
+    settings.NOTIFICATIONS = {**settings.NOTIFICATIONS, "BROKER_URL": via(relay, stomp_broker_url)}
+    publisher_module._publisher = None
+    process_hub = hub_module.get_hub()
+    try:
+        assert await process_hub.wait_connected(15)
+        job_id = "5a0c7a52-8f7c-4b8e-9d43-0f3f2d1a0b11"
+        watcher = Recorder()
+        await process_hub.subscribe(destinations.job(job_id), watcher)
+        event = {"type": "job", "id": job_id, "seq": 1, "status": "READY", "attempts": 0,
+                 "progress": {"done": 0, "total": None, "percent": None}}
+
+        def view_code() -> None:
+            events.publish_event(event)
+            events.publish_wakeup("default")
+
+        await sync_to_async(view_code)()
+        await watcher.wait_for(1)
+        async with asyncio.timeout(5):
+            while not relay.commands("SEND", destinations.JOBS_WAKEUP):
+                await asyncio.sleep(0.01)
+        assert watcher.events[0].data == event
+        assert [len(relay.commands("SEND", d)) for d in (destinations.job(job_id), destinations.JOBS_ALL, destinations.JOBS_WAKEUP)] == [1, 1, 1]
+        assert (relay.connections, publisher_module._publisher) == (1, None)
+    finally:
+        await hub_module.shutdown()
