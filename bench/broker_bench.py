@@ -33,7 +33,6 @@ import contextlib
 import gc
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -246,44 +245,17 @@ def use_rabbitmq(url_host: str = "127.0.0.1", port: int = 61613) -> BrokerUnderT
                            max_connections=max_connections)
 
 
-ACTIVEMQ_XML = """<beans xmlns="http://www.springframework.org/schema/beans"
-  xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"
-  xsi:schemaLocation="http://www.springframework.org/schema/beans
-    http://www.springframework.org/schema/beans/spring-beans-2.0.xsd
-    http://activemq.apache.org/schema/core http://activemq.apache.org/schema/core/activemq-core.xsd">
-  <broker xmlns="http://activemq.apache.org/schema/core" useJmx="false" brokerName="bench"
-          persistent="false" dataDirectory="{data}">
-    <transportConnectors>
-      <transportConnector name="stomp" uri="stomp+nio://127.0.0.1:{port}"/>
-    </transportConnectors>
-  </broker>
-</beans>
-"""
-ACTIVEMQ_HOME = Path("/usr/share/activemq")
-
-
 def start_activemq() -> BrokerUnderTest:
-    java = shutil.which("java")
-    jar = ACTIVEMQ_HOME / "bin" / "activemq.jar"
-    if java is None or not jar.exists():
-        raise RuntimeError("Debian's activemq is not installed (apt-get install activemq)")
+    from tests import activemq  # the same launcher as the test suite's ActiveMQ fixture
+
+    why = activemq.missing()
+    if why is not None:
+        raise RuntimeError(why)
     workdir = tempfile.TemporaryDirectory(prefix="bench-activemq-")
-    base = Path(workdir.name)
-    (base / "conf").mkdir()
-    (base / "data").mkdir()
     port = free_port()
-    config = base / "conf" / "activemq.xml"
-    config.write_text(ACTIVEMQ_XML.format(data=base / "data", port=port))
-    # The JVM options of Debian's /usr/share/activemq/activemq-options, the broker non-persistent
-    # (as the others here: nothing is written to disk), STOMP over NIO on our own port.
-    argv = [
-        java, "-Xms512M", "-Xmx512M", "-Dorg.apache.activemq.UseDedicatedTaskRunner=true",
-        "--add-opens", "java.base/java.lang=ALL-UNNAMED",
-        f"-Dactivemq.classpath={base / 'conf'}", f"-Dactivemq.home={ACTIVEMQ_HOME}",
-        f"-Dactivemq.base={base}", f"-Dactivemq.conf={base / 'conf'}", f"-Dactivemq.data={base / 'data'}",
-        "-jar", str(jar), "start", f"xbean:file:{config}",
-    ]
-    proc = spawn("activemq", argv, port, workdir, cwd=base)
+    # Debian's JVM options (-Xms512M -Xmx512M), non-persistent (as the others here: nothing is
+    # written to disk), STOMP over NIO on our own port.
+    proc = spawn("activemq", activemq.command(Path(workdir.name), port, name="bench"), port, workdir, cwd=workdir.name)
     return BrokerUnderTest("activemq", "127.0.0.1", port, rss=process_rss(proc.pid), stop=stopper(proc, workdir),
                            note="JVM -Xms512M -Xmx512M as Debian's activemq-options; RSS of the java process")
 

@@ -47,12 +47,29 @@ def rabbitmq_stomp_url() -> str:
     return url
 
 
-@pytest.fixture(params=["embedded", "rabbitmq"])
+@pytest.fixture(scope="session")
+def activemq_stomp_url(tmp_path_factory) -> str:
+    """stomp:// URL of an ActiveMQ (Debian's package) this test session starts on a free port."""
+    from tests import activemq
+
+    why = activemq.missing()
+    if why is not None:
+        service_missing(why)
+    port = free_port()
+    proc = activemq.start(tmp_path_factory.mktemp("activemq"), port)
+    try:
+        yield f"stomp://127.0.0.1:{port}"
+    finally:
+        activemq.stop(proc)
+
+
+@pytest.fixture(params=["embedded", "rabbitmq", "activemq"])
 def stomp_broker_url(request) -> str:
-    """A real STOMP broker URL: each test using it runs once on the embedded broker, once on RabbitMQ."""
+    """A real STOMP broker URL: each test using it runs on the embedded broker, on RabbitMQ's
+    STOMP plugin and on ActiveMQ (the three brokers the product supports unchanged)."""
     if request.param == "embedded":
         return request.getfixturevalue("embedded_broker").url
-    return request.getfixturevalue("rabbitmq_stomp_url")
+    return request.getfixturevalue(f"{request.param}_stomp_url")
 
 
 @pytest.fixture(scope="session")

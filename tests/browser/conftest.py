@@ -52,9 +52,13 @@ def template_db(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def stack_broker_url(request) -> str:
-    """The embedded broker (the default deployment); E2E_BROKER=rabbitmq runs the same tests on RabbitMQ."""
-    if os.environ.get("E2E_BROKER") == "rabbitmq":
-        return request.getfixturevalue("rabbitmq_stomp_url")
+    """The embedded broker (the default deployment); E2E_BROKER=rabbitmq or E2E_BROKER=activemq
+    runs the same tests on that broker."""
+    chosen = os.environ.get("E2E_BROKER", "embedded")
+    if chosen in {"rabbitmq", "activemq"}:
+        return request.getfixturevalue(f"{chosen}_stomp_url")
+    if chosen != "embedded":
+        raise pytest.UsageError(f"E2E_BROKER={chosen!r}: expected embedded, rabbitmq or activemq")
     try:
         return request.getfixturevalue("embedded_broker").url
     except pytest.FixtureLookupError:

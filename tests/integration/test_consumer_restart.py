@@ -134,15 +134,22 @@ async def test_events_published_after_a_broker_restart_reach_the_browser(setting
         await asyncio.to_thread(broker.stop)
 
 
-async def test_a_job_that_finished_during_a_rabbitmq_outage_shows_its_final_state(settings, alice, rabbitmq_stomp_url):
+@pytest.fixture(params=["rabbitmq", "activemq"])
+def external_broker_url(request) -> str:
+    """RabbitMQ's STOMP plugin, then ActiveMQ: the brokers a deployment outgrows the embedded one for."""
+    return request.getfixturevalue(f"{request.param}_stomp_url")
+
+
+async def test_a_job_that_finished_during_an_external_broker_outage_shows_its_final_state(settings, alice, external_broker_url):
     from notifications.conf import parse_broker_url
 
-    target = parse_broker_url(rabbitmq_stomp_url)
+
+    target = parse_broker_url(external_broker_url)
     relay = Relay(target.host, target.port)
     await relay.start()
-    _settings(settings, via(relay, rabbitmq_stomp_url))
+    _settings(settings, via(relay, external_broker_url))
     job = await database_sync_to_async(make_job)(alice, progress_total=10)
-    worker = Hub(rabbitmq_stomp_url)
+    worker = Hub(external_broker_url)
     worker.start()
     client = None
     try:
@@ -153,7 +160,7 @@ async def test_a_job_that_finished_during_a_rabbitmq_outage_shows_its_final_stat
 
         relay.refuse = True
         relay.cut()
-        # Published while the web process is cut off: RabbitMQ drops it (no subscriber).
+        # Published while the web process is cut off: the broker drops it (no subscriber).
         worker.publish(destinations.job(job.pk), await _write(job, status="SUCCESSFUL", progress_done=10))
         await asyncio.sleep(0.5)
         relay.refuse = False
@@ -168,14 +175,15 @@ async def test_a_job_that_finished_during_a_rabbitmq_outage_shows_its_final_stat
         await relay.close()
 
 
-async def test_a_notification_sent_during_an_outage_is_counted_after_reconnect(settings, alice, rabbitmq_stomp_url):
+async def test_a_notification_sent_during_an_outage_is_counted_after_reconnect(settings, alice, external_broker_url):
     from notifications.api import notify
     from notifications.conf import parse_broker_url
 
-    target = parse_broker_url(rabbitmq_stomp_url)
+
+    target = parse_broker_url(external_broker_url)
     relay = Relay(target.host, target.port)
     await relay.start()
-    _settings(settings, via(relay, rabbitmq_stomp_url))
+    _settings(settings, via(relay, external_broker_url))
     client = WsStomp(await database_sync_to_async(session_cookie)(alice))
     try:
         assert await client.open()

@@ -1,0 +1,83 @@
+"""Debian's ActiveMQ (`apt-get install activemq`), started on a free loopback port with a generated
+configuration: STOMP only, non-persistent, nothing outside a temporary directory.
+
+Used by the test fixture `activemq_stomp_url` and by bench/broker_bench.py.
+"""
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+ACTIVEMQ_HOME = Path("/usr/share/activemq")
+
+ACTIVEMQ_XML = """<beans xmlns="http://www.springframework.org/schema/beans"
+  xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"
+  xsi:schemaLocation="http://www.springframework.org/schema/beans
+    http://www.springframework.org/schema/beans/spring-beans-2.0.xsd
+    http://activemq.apache.org/schema/core http://activemq.apache.org/schema/core/activemq-core.xsd">
+  <broker xmlns="http://activemq.apache.org/schema/core" useJmx="false" brokerName="{name}"
+          persistent="false" dataDirectory="{data}">
+    <transportConnectors>
+      <transportConnector name="stomp" uri="stomp+nio://127.0.0.1:{port}"/>
+    </transportConnectors>
+  </broker>
+</beans>
+"""
+
+
+def missing() -> str | None:
+    """Why ActiveMQ cannot be started here, or None if it can."""
+    if shutil.which("java") is None:
+        return "java is not installed (Debian's activemq package brings it)"
+    if not (ACTIVEMQ_HOME / "bin" / "activemq.jar").exists():
+        return "Debian's activemq is not installed (apt-get install activemq)"
+    return None
+
+
+def command(base: Path, port: int, name: str = "tests") -> list[str]:
+    """The java command line for a broker whose configuration and data live under ``base``.
+
+    The JVM options are those of Debian's /usr/share/activemq/activemq-options; the broker is
+    non-persistent and speaks STOMP over NIO on 127.0.0.1:``port``.
+    """
+    (base / "conf").mkdir(parents=True, exist_ok=True)
+    (base / "data").mkdir(parents=True, exist_ok=True)
+    config = base / "conf" / "activemq.xml"
+    config.write_text(ACTIVEMQ_XML.format(name=name, data=base / "data", port=port))
+    return [
+        shutil.which("java") or "java", "-Xms512M", "-Xmx512M", "-Dorg.apache.activemq.UseDedicatedTaskRunner=true",
+        "--add-opens", "java.base/java.lang=ALL-UNNAMED",
+        f"-Dactivemq.classpath={base / 'conf'}", f"-Dactivemq.home={ACTIVEMQ_HOME}",
+        f"-Dactivemq.base={base}", f"-Dactivemq.conf={base / 'conf'}", f"-Dactivemq.data={base / 'data'}",
+        "-jar", str(ACTIVEMQ_HOME / "bin" / "activemq.jar"), "start", f"xbean:file:{config}",
+    ]
+
+
+def start(base: Path, port: int, timeout: float = 90.0, name: str = "tests") -> subprocess.Popen:
+    """Start ActiveMQ and return once its STOMP port accepts connections (its log: base/activemq.log)."""
+    log = (base / "activemq.log").open("wb")
+    proc = subprocess.Popen(command(base, port, name), stdout=log, stderr=subprocess.STDOUT, cwd=base)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"ActiveMQ exited with {proc.returncode}; see {base / 'activemq.log'}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return proc
+        except OSError:
+            time.sleep(0.1)
+    stop(proc)
+    raise RuntimeError(f"ActiveMQ did not listen on 127.0.0.1:{port} within {timeout:.0f} s; see {base / 'activemq.log'}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
