@@ -13,8 +13,9 @@ A call only records the latest state on the job's in-memory RunState (found thro
 variable the worker sets for the task's thread, copied into asyncio tasks): the worker's loop
 writes it to the database and publishes it at most every JOBS["PROGRESS_INTERVAL"] seconds
 (latest state wins). The first report after a quiet interval wakes the loop, so it goes out at
-once; reports arriving faster than that are merged into the next write. Outside a worker (tests calling the function, the ImmediateBackend) every
-call is a no-op and is_cancel_requested() is False.
+once; reports arriving faster than that are merged into the next write. Outside a worker (tests
+calling the function, the ImmediateBackend) every call is a no-op and is_cancel_requested() is
+False.
 """
 from __future__ import annotations
 
