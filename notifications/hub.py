@@ -635,8 +635,8 @@ async def shutdown() -> None:
 def publish_threadsafe(destination: str, payload: dict | list | str | bytes, *, headers: dict | None = None) -> bool:
     """Publish through the process hub from any thread; False when there is no connected hub.
 
-    Used by notifications.api so that a web process does not open a second broker connection;
-    callers fall back to notifications.publisher.publish on False.
+    Used by notifications.publisher.publish_event (notify(), job events) so that a web process
+    does not open a second broker connection; on False it falls back to the publisher.
     """
     hub = current_hub()
     if hub is None or not hub.connected:
