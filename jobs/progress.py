@@ -132,7 +132,7 @@ def report_progress(done: int, total: int | None = None, message: str | None = N
     elif type(message) is not str:
         message = str(message)
     state.progress = (done, total, message)
-    if not state.dirty:
+    if not state.dirty:  # the usual case while a flush is pending: no method call at all
         state.mark_dirty()
 
 

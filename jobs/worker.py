@@ -294,7 +294,7 @@ class Worker:
                     self._wake.wait(DB_ERROR_PAUSE)
                 # Progress is due only while some run has unwritten reports; the first report
                 # after a quiet interval wakes this loop (RunState.wake) and is written at once.
-                wait = min(v for k, v in due.items() if k != "progress" or self._progress_pending()) - time.monotonic()
+                wait = min(v for k, v in due.items() if k != "progress" or self._dirty_runs()) - time.monotonic()
                 if self._next_retry_at is not None and not self.stopping:
                     wait = min(wait, self._next_retry_at - time.monotonic())
                 if self._stop_deadline is not None:
@@ -743,12 +743,13 @@ class Worker:
 
     # Periodic work --------------------------------------------------------------------------
 
-    def _progress_pending(self) -> bool:
-        return any(not run.finished and run.state.dirty for run in self._runs.values())
+    def _dirty_runs(self) -> list[_Run]:
+        """The runs whose task reported something not yet written."""
+        return [run for run in self._runs.values() if not run.finished and run.state.dirty]
 
     def _flush_progress(self) -> bool:
         """Write and publish the runs with new reports; False if there were none."""
-        dirty = [run for run in self._runs.values() if not run.finished and run.state.dirty]
+        dirty = self._dirty_runs()
         if not dirty:
             return False
         changed: list[Job] = []

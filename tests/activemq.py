@@ -6,7 +6,6 @@ Used by the test fixture `activemq_stomp_url` and by bench/broker_bench.py.
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -58,17 +57,17 @@ def command(base: Path, port: int, name: str = "tests") -> list[str]:
 
 def start(base: Path, port: int, timeout: float = 90.0, name: str = "tests") -> subprocess.Popen:
     """Start ActiveMQ and return once its STOMP port accepts connections (its log: base/activemq.log)."""
+    from tests.conftest import port_open
+
     log = (base / "activemq.log").open("wb")
     proc = subprocess.Popen(command(base, port, name), stdout=log, stderr=subprocess.STDOUT, cwd=base)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"ActiveMQ exited with {proc.returncode}; see {base / 'activemq.log'}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return proc
-        except OSError:
-            time.sleep(0.1)
+        if port_open("127.0.0.1", port):
+            return proc
+        time.sleep(0.1)
     stop(proc)
     raise RuntimeError(f"ActiveMQ did not listen on 127.0.0.1:{port} within {timeout:.0f} s; see {base / 'activemq.log'}")
 
