@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import json
 import uuid
+from urllib.parse import quote
 
 from channels.testing import WebsocketCommunicator
 from django.test import Client
@@ -247,4 +248,5 @@ class Relay:
 def via(relay: Relay, broker_url: str) -> str:
     url = parse_broker_url(broker_url)
     auth = f"{url.login}:{url.passcode}@" if url.login else ""
-    return f"stomp://{auth}127.0.0.1:{relay.port}"
+    vhost = f"/{quote(url.vhost, safe='')}" if url.vhost else ""
+    return f"stomp://{auth}127.0.0.1:{relay.port}{vhost}"
