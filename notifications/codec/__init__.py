@@ -9,7 +9,7 @@ from .encoder import HEARTBEAT_BYTES, encode_frame
 from .errors import LocalProtocolError, RemoteProtocolError, StompError
 from .escaping import escape, unescape
 from .frame import HEARTBEAT, Frame, Heartbeat
-from .limits import MAX_BODY_SIZE, MAX_FRAME_SIZE, MAX_HEADER_LINE, MAX_HEADERS, Limits
+from .limits import MAX_BODY_SIZE, MAX_COMMAND_LENGTH, MAX_FRAME_SIZE, MAX_HEADER_LINE, MAX_HEADERS, Limits
 from .parser import VERSIONS, FrameParser, negotiate_heartbeat, negotiate_version, parse_heartbeat
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "encode_frame",
     "Limits",
     "MAX_BODY_SIZE",
+    "MAX_COMMAND_LENGTH",
     "MAX_FRAME_SIZE",
     "MAX_HEADERS",
     "MAX_HEADER_LINE",

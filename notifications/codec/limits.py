@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["MAX_FRAME_SIZE", "MAX_BODY_SIZE", "MAX_HEADERS", "MAX_HEADER_LINE", "Limits"]
+__all__ = ["MAX_FRAME_SIZE", "MAX_BODY_SIZE", "MAX_HEADERS", "MAX_HEADER_LINE", "MAX_COMMAND_LENGTH", "Limits"]
 
 # Job events and notifications are a few KiB; 4 MiB leaves room for any sane payload while a
 # flooding peer costs at most this much buffer. (RabbitMQ's STOMP plugin and ActiveMQ default
@@ -15,6 +15,10 @@ MAX_FRAME_SIZE = MAX_BODY_SIZE + 256 * 1024
 MAX_HEADERS = 1000
 # ActiveMQ's StompWireFormat.MAX_HEADER_LENGTH is 10 KiB (RabbitMQ allows 100 KiB).
 MAX_HEADER_LINE = 10 * 1024
+# The longest command of STOMP 1.0-1.2 is UNSUBSCRIBE (11 letters); 15 leaves room for an
+# extension's command while a first line of garbage is refused after 16 bytes, whether the
+# frame arrives whole or a byte at a time (the same rule both ways).
+MAX_COMMAND_LENGTH = 15
 
 
 @dataclass(frozen=True, slots=True)

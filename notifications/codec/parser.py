@@ -20,14 +20,13 @@ from __future__ import annotations
 from .errors import LocalProtocolError, RemoteProtocolError
 from .escaping import UNESCAPED_COMMANDS, unescape
 from .frame import HEARTBEAT, Frame, Heartbeat
-from .limits import Limits
+from .limits import MAX_COMMAND_LENGTH, Limits
 
 __all__ = ["FrameParser", "VERSIONS", "negotiate_version"]
 
 VERSIONS = ("1.0", "1.1", "1.2")
-# The longest command of the specification is UNSUBSCRIBE (11 letters); a longer first line
-# made of anything but letters is garbage, reported before waiting for a whole frame.
-_COMMAND_PREVIEW = 16
+# How much of a bad command line an error quotes: enough to show it is over MAX_COMMAND_LENGTH.
+_COMMAND_PREVIEW = MAX_COMMAND_LENGTH + 1
 
 _DEFAULT_LIMITS = Limits()
 # SEND header blocks worth remembering (bytes), and how many per parser: a few, since every
@@ -56,6 +55,18 @@ _COMMANDS = frozenset(
     {"CONNECT", "STOMP", "CONNECTED", "SEND", "SUBSCRIBE", "UNSUBSCRIBE", "ACK", "NACK", "BEGIN", "COMMIT",
      "ABORT", "DISCONNECT", "MESSAGE", "RECEIPT", "ERROR"}
 )
+_COMMAND_BYTES = frozenset(command.encode() for command in _COMMANDS)
+
+
+def _check_command(line: bytes) -> None:
+    """The one rule for a command line (without its EOL), whether the frame is whole or not:
+    ASCII letters only, at most MAX_COMMAND_LENGTH of them. Garbage is refused as soon as it
+    shows, so a partial line is checked with the same rule (it is valid only while it could
+    still become a command)."""
+    if line in _COMMAND_BYTES:
+        return
+    if len(line) > MAX_COMMAND_LENGTH or not (line.isalpha() and line.isascii()):
+        raise RemoteProtocolError(f"Invalid frame: expected a command, got {_short(line[:_COMMAND_PREVIEW])}")
 
 
 def negotiate_version(accept_version: str | None, supported: tuple[str, ...] = VERSIONS) -> str | None:
@@ -265,12 +276,14 @@ class FrameParser:
     def _check_incomplete_headers(self, buf: bytes | bytearray, pos: int, n: int) -> None:
         """Fail early on garbage and on header blocks that could only grow past the limits."""
         limits = self.limits
-        preview = bytes(buf[pos : min(n, pos + _COMMAND_PREVIEW)])
-        first_line = preview.split(b"\n", 1)[0].rstrip(b"\r")
-        if (first_line and not (first_line.isalpha() and first_line.isascii())) or (
-            b"\n" not in preview and len(preview) >= _COMMAND_PREVIEW
-        ):
-            raise RemoteProtocolError(f"Invalid frame: expected a command, got {_short(first_line)}")
+        # The command line plus its CRLF, or enough of it to know it is too long.
+        line = bytes(buf[pos : min(n, pos + MAX_COMMAND_LENGTH + 2)])
+        eol = line.find(b"\n")
+        if eol >= 0:
+            line = line[:eol]
+        if line.endswith(b"\r"):  # the end of the line, or the start of its CRLF
+            line = line[:-1]
+        _check_command(line)
         if n - pos > limits.max_frame_size:
             raise RemoteProtocolError(f"Frame headers are over the limit of {limits.max_frame_size} bytes")
         last_eol = buf.rfind(b"\n", pos, n)
@@ -281,6 +294,11 @@ class FrameParser:
 
     def _parse_headers(self, raw: bytes) -> tuple[str, tuple[tuple[str, str], ...], int | None]:
         limits = self.limits
+        eol = raw.find(b"\n")
+        line = raw[:eol] if eol >= 0 else raw
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        _check_command(line)
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
@@ -289,10 +307,6 @@ class FrameParser:
         if "\r" in text:
             lines = [line[:-1] if line.endswith("\r") else line for line in lines]
         command = lines[0]
-        if command not in _COMMANDS and not (command.isalpha() and command.isascii()):
-            raise RemoteProtocolError(
-                f"Invalid frame: expected a command, got {_short(command.encode()[:_COMMAND_PREVIEW])}"
-            )
         if len(lines) - 1 > limits.max_headers:
             raise RemoteProtocolError(
                 f"Frame has {len(lines) - 1} headers, over the limit of {limits.max_headers}"

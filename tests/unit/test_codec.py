@@ -221,6 +221,42 @@ def test_a_command_line_that_is_not_letters_is_an_invalid_frame(parse):
     assert error.error_message.startswith("Invalid frame: expected a command, got b'GET ")
 
 
+def _outcome(parser: FrameParser, chunks: list[bytes]) -> object:
+    """The frames parsed from ``chunks``, or the message of the error they raised."""
+    events = []
+    try:
+        for chunk in chunks:
+            parser.receive_data(chunk)
+            events += parser.events_received()
+    except RemoteProtocolError as exc:
+        return exc.error_message
+    return events
+
+
+@pytest.mark.parametrize("letters", [11, 14, 15, 16, 17, 40])
+@pytest.mark.parametrize("eol", [b"\n", b"\r\n"], ids=["lf", "crlf"])
+def test_a_long_command_gets_one_outcome_however_the_frame_is_split(letters, eol):
+    data = b"A" * letters + eol + b"x:1" + eol + eol + b"\x00"
+    whole = _outcome(FrameParser(), [data])
+    for cut in range(1, len(data)):
+        assert _outcome(FrameParser(), [data[:cut], data[cut:]]) == whole, cut
+    assert _outcome(FrameParser(), [data[i : i + 1] for i in range(len(data))]) == whole
+
+
+def test_a_command_up_to_the_longest_allowed_is_a_frame_and_a_longer_one_an_invalid_frame():
+    assert _outcome(FrameParser(), [b"A" * 15 + b"\n\n\x00"]) == [Frame("A" * 15)]
+    assert _outcome(FrameParser(), [b"A" * 16 + b"\n\n\x00"]) == (
+        "Invalid frame: expected a command, got b'AAAAAAAAAAAAAAAA'"
+    )
+
+
+def test_a_command_line_that_is_not_utf8_is_an_invalid_frame_whole_or_split():
+    data = b"SE\xffND\nx:1\n\n\x00"
+    # Split, the error comes as soon as the bad byte arrives, quoting what arrived so far.
+    assert _outcome(FrameParser(), [data]) == "Invalid frame: expected a command, got b'SE\\xffND'"
+    assert _outcome(FrameParser(), [data[:3], data[3:]]) == "Invalid frame: expected a command, got b'SE\\xff'"
+
+
 def test_headers_that_are_not_utf8_are_rejected(parse):
     error = _error_of(parse, b"SEND\ndestination:/q\nx:\xff\xfe\n\n\x00")
     assert error.error_message == "Frame headers are not valid UTF-8"
