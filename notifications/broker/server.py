@@ -241,11 +241,13 @@ class Connection(asyncio.Protocol):
             return
         self.rx = True
         broker = self.broker
-        error: RemoteProtocolError | None = None
+        error: str | None = None
         try:
             self.parser.receive_data(data)
         except RemoteProtocolError as exc:
-            error = exc
+            # The text only: the exception's traceback would tie this frame (and ``data``) to
+            # itself in a cycle, keeping MiBs alive until a cyclic collection.
+            error = exc.error_message
         broker.sender = self
         try:
             for event in self.parser.events_received():
@@ -255,7 +257,7 @@ class Connection(asyncio.Protocol):
                 if self.closing:
                     break
             if error is not None and not self.closing:
-                self.fail(error.error_message)
+                self.fail(error)
             elif self.blocked_by and not self.reading_paused and not self.closing:
                 self.reading_paused = True
                 broker.n_producer_pauses += 1

@@ -125,7 +125,10 @@ class FrameParser:
         self.version = version
         self._buf = bytearray()  # bytes of an incomplete frame, carried to the next read
         self._events: list[Frame | Heartbeat] = []
-        self._error: RemoteProtocolError | None = None
+        # The message of the error that stopped the parser. Never the exception itself: its
+        # traceback holds this parser and the offending buffer (MiBs at a size limit) in a
+        # reference cycle that only the cyclic GC would ever free.
+        self._error: str | None = None
         self._hscan = 0  # where to resume looking for the end of headers, relative to the frame
         # (command, headers, body offset, content-length or None, NUL scan offset) of a frame
         # whose headers are parsed but whose body has not fully arrived yet.
@@ -153,7 +156,7 @@ class FrameParser:
         Raises RemoteProtocolError on bad input (frames before it stay available).
         """
         if self._error is not None:
-            raise LocalProtocolError(f"The parser failed earlier ({self._error.error_message}); no more input")
+            raise LocalProtocolError(f"The parser failed earlier ({self._error}); no more input")
         if not data:
             return
         buf = self._buf
@@ -165,7 +168,7 @@ class FrameParser:
         try:
             pos = self._parse(view)
         except RemoteProtocolError as exc:
-            self._error = exc
+            self._error = exc.error_message
             self._buf = bytearray()
             self._pending = None
             raise

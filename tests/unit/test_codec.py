@@ -354,6 +354,21 @@ def test_a_flood_without_frame_ends_never_buffers_more_than_the_frame_limit():
     assert parser.buffered == 0
 
 
+def test_a_parser_that_failed_keeps_no_reference_to_the_refused_bytes():
+    # A stored exception's traceback would hold the parser's frames, and with them the chunk
+    # (MiBs at a size limit), in a cycle only the cyclic GC frees.
+    chunk = b"SEND\ndestination:/q\n\n" + b"x" * 4096
+    before = sys.getrefcount(chunk)
+    parser = FrameParser(limits=Limits(max_frame_size=2048, max_body_size=1024))
+    try:
+        parser.receive_data(chunk)
+    except RemoteProtocolError as exc:
+        assert exc.error_message == "Frame body is over the limit of 1024 bytes (or its NUL terminator is missing)"
+    assert sys.getrefcount(chunk) == before
+    with pytest.raises(LocalProtocolError, match=r"failed earlier \(Frame body is over the limit"):
+        parser.receive_data(b"x")
+
+
 def test_limits_default_to_the_named_module_constants():
     from notifications.codec import limits
 
