@@ -6,6 +6,12 @@ each batch, and keeps sent-but-unacknowledged messages so a connection lost mid-
 re-sends them after reconnecting (at-least-once: job events carry a sequence number, so a
 duplicate is harmless to a client, a loss is not).
 
+Confirmations: ``publish(..., on_confirmed=callback)`` calls ``callback()`` once the broker's
+RECEIPT covers that message (on the client's receiver thread: keep it short, it must not
+block). A message that is dropped (buffer full, refused by the broker, publisher closed) or
+replaced by a newer one with the same coalesce_key never calls it: the notifications outbox
+relies on that, keeping its row until the callback says the broker has the message.
+
 Buffer policy: at most NOTIFICATIONS["PUBLISHER_BUFFER"] messages are held (pending plus
 unacknowledged). When full, the *oldest* message is dropped and counted: the newest state is
 the one a late subscriber needs, and the database keeps every job's truth anyway. A pending
@@ -89,14 +95,23 @@ class _Entry:
     """One queued message. Mutable on purpose: coalescing swaps the body in place so the
     message keeps its position (and its sequence number) in the buffer."""
 
-    __slots__ = ("seq", "destination", "body", "headers", "key")
+    __slots__ = ("seq", "destination", "body", "headers", "key", "confirm")
 
-    def __init__(self, seq: int, destination: str, body: bytes, headers: dict, key: str | None):
+    def __init__(
+        self,
+        seq: int,
+        destination: str,
+        body: bytes,
+        headers: dict,
+        key: str | None,
+        confirm: Callable[[], None] | None = None,
+    ):
         self.seq = seq
         self.destination = destination
         self.body = body
         self.headers = headers
         self.key = key
+        self.confirm = confirm  # called once a RECEIPT covers this message
 
 
 class _QuietStompLogs(logging.Filter):
@@ -216,11 +231,14 @@ class Publisher:
         *,
         headers: dict | None = None,
         coalesce_key: str | None = None,
+        on_confirmed: Callable[[], None] | None = None,
     ) -> None:
         """Queue one message; never blocks on the network and never raises.
 
         dict/list payloads become JSON (content-type application/json), str becomes UTF-8
         text/plain, bytes are sent as they are (application/octet-stream unless headers say).
+        ``on_confirmed`` is called once the broker's RECEIPT covers this message (see the
+        module docstring); never for a message that is dropped, refused or coalesced away.
         """
         try:
             body, content_type = _encode(payload)
@@ -234,11 +252,18 @@ class Publisher:
             logger.error("Not publishing to %r: %s", destination, exc)
             return
         try:
-            self._enqueue(destination, body, frame_headers, coalesce_key)
+            self._enqueue(destination, body, frame_headers, coalesce_key, on_confirmed)
         except Exception:  # never let a publishing problem fail the caller's work
             logger.exception("Publisher failed to queue a message for %s", destination)
 
-    def _enqueue(self, destination: str, body: bytes, headers: dict, key: str | None) -> None:
+    def _enqueue(
+        self,
+        destination: str,
+        body: bytes,
+        headers: dict,
+        key: str | None,
+        confirm: Callable[[], None] | None = None,
+    ) -> None:
         with self._cond:
             if self._closing:
                 self._counts["rejected"] += 1
@@ -251,12 +276,13 @@ class Publisher:
                     existing.destination = destination
                     existing.body = body
                     existing.headers = headers
+                    existing.confirm = confirm  # the replaced message is never sent: nothing to confirm
                     self._counts["coalesced"] += 1
                     self._ensure_thread()
                     return
             seq = next(self._seq)
             self._last_seq = seq
-            entry = _Entry(seq, destination, body, headers, key)
+            entry = _Entry(seq, destination, body, headers, key, confirm)
             self._pending.append(entry)
             if key is not None:
                 self._by_key[key] = entry
@@ -300,6 +326,12 @@ class Publisher:
                 if remaining <= 0 or self._closed:
                     return False
                 self._cond.wait(remaining)
+
+    def start(self) -> None:
+        """Start connecting now rather than at the first publish (returns at once)."""
+        with self._cond:
+            if not self._closing:
+                self._ensure_thread()
 
     def _oldest_unacked(self) -> int | None:
         # Both deques are in sequence order: coalescing keeps positions, re-sends go in front.
@@ -596,17 +628,25 @@ class Publisher:
             seq = int(receipt_id[len(prefix):])
         except ValueError:
             return
+        confirmed: list[Callable[[], None]] = []
         with self._cond:
             if generation != self._generation:
                 return
             # A RECEIPT covers every frame sent before it on this connection.
             while self._in_flight and self._in_flight[0].seq <= seq:
-                self._in_flight.popleft()
+                entry = self._in_flight.popleft()
                 self._counts["acknowledged"] += 1
+                if entry.confirm is not None:
+                    confirmed.append(entry.confirm)
             self._error_streak = 0
             if not self._pending and not self._in_flight:
                 self._overflow_logged = False
             self._cond.notify_all()
+        for confirm in confirmed:  # outside the lock: a callback may publish again
+            try:
+                confirm()
+            except Exception:
+                logger.exception("A publish confirmation callback failed")
 
     def _on_lost(self, generation: int, reason: str) -> None:
         with self._cond:
@@ -710,14 +750,17 @@ def publish(
     *,
     headers: dict | None = None,
     coalesce_key: str | None = None,
+    on_confirmed: Callable[[], None] | None = None,
 ) -> None:
-    """Publish through this process's publisher; never blocks on the network, never raises."""
+    """Publish through this process's publisher; never blocks on the network, never raises.
+
+    ``on_confirmed`` is called once the broker's RECEIPT covers the message (Publisher.publish)."""
     try:
         publisher = get_publisher()
     except Exception:
         logger.exception("No STOMP publisher (check NOTIFICATIONS['BROKER_URL']); message for %s dropped", destination)
         return
-    publisher.publish(destination, payload, headers=headers, coalesce_key=coalesce_key)
+    publisher.publish(destination, payload, headers=headers, coalesce_key=coalesce_key, on_confirmed=on_confirmed)
 
 
 def publish_event(

@@ -32,7 +32,7 @@ def test_a_process_that_publishes_then_exits_immediately_still_delivers_the_mess
         def on_message(self, frame):
             received.put(frame.body)
 
-    conn = stomp.Connection12([(url.host, url.port)], vhost="/")
+    conn = stomp.Connection12([(url.host, url.port)], vhost=url.vhost or "/")
     conn.set_listener("", Listener())
     conn.connect(url.login, url.passcode, wait=True)
     try:
