@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable
 
 from notifications.codec import (
     HEARTBEAT,
+    HEARTBEAT_BYTES,
     Frame,
     FrameParser,
     RemoteProtocolError,
@@ -56,6 +57,8 @@ _RESERVED = frozenset(
     {"destination", "message-id", "subscription", "ack", "redelivered", "content-length", "transaction", "receipt"}
 )
 _AUTO, _CLIENT, _INDIVIDUAL = 0, 1, 2
+# A heart-beat goes out once the connection was silent for this share of the agreed interval.
+HEARTBEAT_EARLY = 0.9
 _ACK_MODES = {"auto": _AUTO, "client": _CLIENT, "client-individual": _INDIVIDUAL}
 
 
@@ -178,7 +181,7 @@ class Connection(asyncio.Protocol):
 
     __slots__ = (
         "broker", "transport", "parser", "version", "escaped", "session", "connected", "closing",
-        "subs", "subs_by_num", "sub_counter", "transactions", "out", "rx", "tx", "hb_in", "hb_out",
+        "subs", "subs_by_num", "sub_counter", "transactions", "out", "last_read", "last_write", "hb_in", "hb_out",
         "hb_in_handle", "hb_out_handle", "write_paused", "slow_handle", "waiters", "blocked_by",
         "reading_paused", "login", "peer", "close_handle", "held",
     )
@@ -198,8 +201,8 @@ class Connection(asyncio.Protocol):
         self.transactions: dict[str, list[Frame]] | None = None
         self.held = (0, 0)  # frames and body bytes held by open transactions
         self.out: list[bytes] = []
-        self.rx = False  # data arrived since the last heart-beat check
-        self.tx = False  # data was written since the last heart-beat send
+        self.last_read = 0.0  # loop time of the last bytes read
+        self.last_write = 0.0  # loop time of the last bytes handed to the socket
         self.hb_in = 0.0
         self.hb_out = 0.0
         self.hb_in_handle: asyncio.TimerHandle | None = None
@@ -239,8 +242,8 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
-        self.rx = True
         broker = self.broker
+        self.last_read = broker.loop.time()
         error: str | None = None
         try:
             self.parser.receive_data(data)
@@ -324,7 +327,7 @@ class Connection(asyncio.Protocol):
         if transport is None or transport.is_closing():
             return
         transport.write(out[0] if len(out) == 1 else b"".join(out))
-        self.tx = True
+        self.last_write = self.broker.loop.time()
         if transport.get_write_buffer_size() > self.broker.config.max_output_bytes and not self.closing:
             self.slow_consumer(f"its unsent output passed {self.broker.config.max_output_bytes} bytes")
             self.flush()
@@ -353,7 +356,7 @@ class Connection(asyncio.Protocol):
                 blocked.discard(self)
                 if not blocked and producer.reading_paused and not producer.closing:
                     producer.reading_paused = False
-                    producer.rx = True  # its silence while paused was our doing
+                    producer.last_read = self.broker.loop.time()  # its silence while paused was our doing
                     producer.transport.resume_reading()
 
     # --- closing --------------------------------------------------------------------------
@@ -418,26 +421,39 @@ class Connection(asyncio.Protocol):
             self.fail("Timeout: no CONNECT frame received")
             self.broker.flush()
 
+    # Both heart-beat timers are lazy: one timer per direction, re-armed only when it fires, for
+    # the moment the silence would reach its bound counted from the last byte read or written
+    # (a flag checked once per period would let the silence reach twice the period).
+
     def _check_incoming(self) -> None:
         self.hb_in_handle = None
         if self.closing:
             return
-        if not self.rx and not self.reading_paused:
-            logger.info("Disconnecting %s (session %s): silent for %.1f s", self.peer, self.session, self.hb_in)
+        loop = self.broker.loop
+        now = loop.time()
+        if self.reading_paused:
+            self.last_read = now  # its silence while paused is our doing
+        if now - self.last_read >= self.hb_in:
+            logger.info(
+                "Disconnecting %s (session %s): silent for %.1f s", self.peer, self.session, now - self.last_read
+            )
             self.fail("Heart-beat timeout: nothing received from the client in time")
             self.broker.flush()
             return
-        self.rx = False
-        self.hb_in_handle = self.broker.loop.call_later(self.hb_in, self._check_incoming)
+        self.hb_in_handle = loop.call_at(self.last_read + self.hb_in, self._check_incoming)
 
     def _send_heartbeat(self) -> None:
         self.hb_out_handle = None
         if self.closing:
             return
-        if not self.tx and self.transport is not None:
-            self.transport.write(b"\n")
-        self.tx = False
-        self.hb_out_handle = self.broker.loop.call_later(self.hb_out, self._send_heartbeat)
+        loop = self.broker.loop
+        now = loop.time()
+        due = self.last_write + self.hb_out
+        if now >= due and self.transport is not None:
+            self.transport.write(HEARTBEAT_BYTES)
+            self.last_write = now
+            due = now + self.hb_out
+        self.hb_out_handle = loop.call_at(due, self._send_heartbeat)
 
     # --- frames ---------------------------------------------------------------------------
 
@@ -505,13 +521,17 @@ class Connection(asyncio.Protocol):
         if self.hb_in_handle is not None:
             self.hb_in_handle.cancel()
             self.hb_in_handle = None
+        now = loop.time()
         self.hb_in = expect_ms / 1000.0 * config.heartbeat_tolerance
         if self.hb_in:
-            self.rx = True
-            self.hb_in_handle = loop.call_later(self.hb_in, self._check_incoming)
-        self.hb_out = send_ms / 1000.0
+            self.last_read = now
+            self.hb_in_handle = loop.call_at(now + self.hb_in, self._check_incoming)
+        # STOMP: the sender MUST send something at least every agreed interval. Beat a little
+        # before it (HEARTBEAT_EARLY), since a timer on a busy loop fires late, never early.
+        self.hb_out = send_ms / 1000.0 * HEARTBEAT_EARLY
         if self.hb_out:
-            self.hb_out_handle = loop.call_later(self.hb_out, self._send_heartbeat)
+            self.last_write = now
+            self.hb_out_handle = loop.call_at(now + self.hb_out, self._send_heartbeat)
 
     def _set_version(self, version: str) -> None:
         self.version = version
