@@ -279,3 +279,6 @@ class JobAdmin(admin.ModelAdmin):
             raise PermissionDenied
         response = self.start_debug_report(request)
         return response or HttpResponseRedirect(reverse("admin:jobs_job_changelist"))
+
+
+from . import ops_admin  # noqa: E402,F401  (schedules and workers: jobs.ops_admin)

@@ -43,6 +43,16 @@ DEFAULTS: dict[str, Any] = {
     # Seconds the built-in debug report (jobs.tasks.debug_report) pauses before each step, so a
     # person can watch it run (about five seconds in all); tests set 0.
     "DEBUG_REPORT_STEP_DELAY": 0.6,
+    # Operations (README "Operations"). Periodic tasks declared in settings, by name:
+    # {"nightly": {"TASK": "app.tasks.export", "CRON": "0 3 * * *", "ARGS": [], "KWARGS": {},
+    #  "TIMEZONE": "Europe/Paris", "MISSED": "once" | "all" | "skip", "QUEUE": ..., "PRIORITY": ...}}
+    # (jobs.schedules.periodic() declares them in code, too).
+    "SCHEDULES": {},
+    # Seconds between two looks at due schedules by each worker (jobworker --no-schedules: never).
+    "SCHEDULE_INTERVAL": 1.0,
+    # A due time older than this (seconds) when a worker first sees it was missed: MISSED "skip"
+    # drops it, "once" folds it into one run, "all" runs it anyway.
+    "SCHEDULE_MISSED_AFTER": 60.0,
 }
 
 

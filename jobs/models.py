@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from .exceptions import JobStateError
 
-__all__ = ["Job", "JobStatus", "JobQuerySet"]
+__all__ = ["Job", "JobStatus", "JobQuerySet", "Worker", "WorkerState", "Schedule", "ScheduleRun", "MissedRuns"]
 
 # A compare-and-swap loses only to a concurrent writer; a few rounds always suffice in practice.
 _CAS_ROUNDS = 20
@@ -345,3 +345,101 @@ class Job(models.Model):
                 events.notify_owner_of(self)
 
         transaction.on_commit(send)
+
+
+# Operations: the workers that run jobs, and the schedules that enqueue them ---------------------
+
+
+class WorkerState(models.TextChoices):
+    """Where a `manage.py jobworker` process stands, as its own heartbeat (or its absence) says."""
+
+    RUNNING = "RUNNING", "Running"  # heartbeating, claiming jobs
+    STOPPING = "STOPPING", "Stopping"  # got a stop signal: no new claims, running jobs finishing
+    STOPPED = "STOPPED", "Stopped"  # exited cleanly
+    LOST = "LOST", "Lost"  # stopped heartbeating for JOBS["STALE_AFTER"] seconds without saying goodbye
+
+
+class Worker(models.Model):
+    """One `manage.py jobworker` process: written at start, by every heartbeat, and at exit."""
+
+    id = models.CharField(primary_key=True, max_length=100, help_text="The worker id (--worker-id).")
+    host = models.CharField(max_length=255, blank=True)
+    pid = models.PositiveIntegerField(null=True, blank=True)
+    backend = models.CharField(max_length=100, default="default")
+    queues = models.JSONField(default=list, blank=True)
+    concurrency = models.PositiveIntegerField(default=1)
+    state = models.CharField(max_length=10, choices=WorkerState.choices, default=WorkerState.RUNNING)
+    started_at = models.DateTimeField(default=timezone.now)
+    heartbeat_at = models.DateTimeField(default=timezone.now)
+    stopped_at = models.DateTimeField(null=True, blank=True)
+    succeeded = models.PositiveBigIntegerField(default=0, help_text="Jobs it finished SUCCESSFUL.")
+    failed = models.PositiveBigIntegerField(default=0, help_text="Jobs it finished FAILED (timeouts included).")
+    cancelled = models.PositiveBigIntegerField(default=0)
+    retried = models.PositiveBigIntegerField(default=0)
+    running = models.JSONField(default=list, blank=True, help_text="Ids of the jobs it holds now.")
+
+    class Meta:
+        ordering = ["-started_at"]
+        indexes = [models.Index(fields=["state", "heartbeat_at"], name="jobs_worker_state_beat")]
+
+    def __str__(self) -> str:
+        return f"{self.id} ({self.state})"
+
+
+class MissedRuns(models.TextChoices):
+    """What a schedule does with due times that passed while no worker was running."""
+
+    ONCE = "once", "Run once"  # one run for all missed due times (the latest), like anacron
+    ALL = "all", "Run each"  # one run per missed due time, oldest first
+    SKIP = "skip", "Skip"  # none: due times older than JOBS["SCHEDULE_MISSED_AFTER"] are dropped
+
+
+class Schedule(models.Model):
+    """A periodic task declared in code (jobs.schedules) and synchronised here by the workers.
+
+    ``next_run_at`` is the next due time; enqueueing advances it with a compare-and-swap, and
+    each enqueued due time is a ScheduleRun row unique on (schedule, due_at), so any number of
+    workers enqueue each due time exactly once.
+    """
+
+    name = models.SlugField(max_length=100, unique=True)
+    task_path = models.CharField(max_length=255)
+    args = models.JSONField(default=list, blank=True)
+    kwargs = models.JSONField(default=dict, blank=True)
+    cron = models.CharField(max_length=200, help_text="A cron expression (5 fields, or 6 with seconds first).")
+    time_zone = models.CharField(max_length=64, blank=True, help_text="Empty: settings.TIME_ZONE.")
+    missed = models.CharField(max_length=4, choices=MissedRuns.choices, default=MissedRuns.ONCE)
+    queue = models.CharField(max_length=100, blank=True, help_text="Empty: the task's own queue.")
+    priority = models.SmallIntegerField(null=True, blank=True, help_text="Empty: the task's own priority.")
+    paused = models.BooleanField(default=False)
+    next_run_at = models.DateTimeField(null=True, blank=True)
+    last_run_at = models.DateTimeField(null=True, blank=True, help_text="The last due time enqueued.")
+    last_job = models.ForeignKey(Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    last_error = models.TextField(blank=True)
+    synced_at = models.DateTimeField(default=timezone.now, help_text="Last seen declared by a worker.")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ScheduleRun(models.Model):
+    """One due time of a schedule, enqueued once: the unique constraint is the claim."""
+
+    schedule = models.ForeignKey(Schedule, on_delete=models.CASCADE, related_name="runs")
+    due_at = models.DateTimeField()
+    job = models.ForeignKey(Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    worker_id = models.CharField(max_length=100, blank=True, help_text="The process that enqueued it.")
+    created_at = models.DateTimeField(default=timezone.now)
+    error = models.TextField(blank=True, help_text="Why no job could be enqueued for it.")
+
+    class Meta:
+        ordering = ["-due_at"]
+        constraints = [models.UniqueConstraint(fields=["schedule", "due_at"], name="jobs_schedulerun_once")]
+        indexes = [models.Index(fields=["created_at"], name="jobs_schedulerun_created")]
+
+    def __str__(self) -> str:
+        return f"{self.schedule_id} at {self.due_at.isoformat()}"

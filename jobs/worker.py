@@ -73,6 +73,7 @@ from django.utils import timezone
 from django.utils.json import normalize_json
 
 from . import conf, events
+from .duties import WorkerDuties
 from .backends import JobBackend, load_task
 from .exceptions import JobCancelled, JobTimeout, UnknownTask, WorkerLost
 from .models import Job, JobStatus
@@ -179,6 +180,7 @@ class Worker:
         shutdown_grace: float | None = None,
         install_signal_handlers: bool = False,
         wakeups: bool = True,
+        schedules: bool = True,
     ) -> None:
         try:
             backend_obj = task_backends[backend]
@@ -215,6 +217,8 @@ class Worker:
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.install_signal_handlers = install_signal_handlers
         self.wakeups = wakeups
+        self.schedules = schedules  # enqueue due periodic tasks (jobs.schedules)
+        self._duties: WorkerDuties | None = None  # its Worker row, schedules, housekeeping (jobs.duties)
 
         self._wake = threading.Event()
         self._claim_now = True
@@ -251,6 +255,10 @@ class Worker:
     def stopping(self) -> bool:
         return self._stop_count > 0
 
+    def activity(self) -> tuple[dict[str, int], list[str]]:
+        """Counters so far (WorkerStats' names) and the ids of the jobs held now; for the Worker row."""
+        return dict(self._counts), [str(pk) for pk, run in list(self._runs.items()) if not run.finished]
+
     def wake(self) -> None:
         """Claim at once (a STOMP wake-up calls this)."""
         self._claim_now = True
@@ -280,6 +288,8 @@ class Worker:
         now = time.monotonic()
         due = {"heartbeat": now + interval["heartbeat"], "cancel": now + interval["cancel"],
                "progress": now, "stale": now, "poll": now}
+        self._duties = WorkerDuties(self, schedules=self.schedules)
+        self._duties.start()
         self.started.set()
         try:
             while True:
@@ -304,6 +314,7 @@ class Worker:
                 self._wake.clear()
         finally:
             self._shutdown_threads()
+            self._duties.stop()
             for signum, handler in previous_handlers.items():
                 signal.signal(signum, handler)
             self._reset_connection()
@@ -771,6 +782,8 @@ class Worker:
             Job.objects.filter(pk__in=ids, status=JobStatus.RUNNING, worker_id=self.worker_id).update(
                 heartbeat_at=timezone.now()
             )
+        if self._duties is not None:
+            self._duties.beat()
 
     def _poll_cancels(self) -> None:
         runs = {pk: run for pk, run in self._runs.items() if not run.finished}

@@ -25,6 +25,8 @@ class Command(BaseCommand):
         parser.add_argument("--shutdown-grace", type=float,
                             help="Seconds to let running jobs finish after SIGTERM (default JOBS['SHUTDOWN_GRACE']).")
         parser.add_argument("--no-wakeup", action="store_true", help="Do not subscribe to STOMP wake-ups; only poll.")
+        parser.add_argument("--no-schedules", action="store_true",
+                            help="Do not enqueue periodic tasks (jobs.schedules); other workers still do.")
 
     def handle(self, *args, **options):
         try:
@@ -39,6 +41,7 @@ class Command(BaseCommand):
                 shutdown_grace=options["shutdown_grace"],
                 install_signal_handlers=True,
                 wakeups=not options["no_wakeup"],
+                schedules=not options["no_schedules"],
             )
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
