@@ -7,7 +7,7 @@ from django.core.checks import Error, register
 
 from . import conf
 
-__all__ = ["check_settings", "check_live_delivery"]
+__all__ = ["check_settings", "check_live_delivery", "check_embedded_broker"]
 
 
 @register()
@@ -76,4 +76,22 @@ def check_live_delivery(app_configs=None, **kwargs):
                         id="notifications.E004",
                     )
                 )
+    return errors
+
+
+@register()
+def check_embedded_broker(app_configs=None, **kwargs):
+    """NOTIFICATIONS['EMBEDDED_BROKER'] (what `manage.py stompbroker` runs with): ids notifications.E03x."""
+    settings = conf.get("EMBEDDED_BROKER")
+    errors = []
+    for key, unit in (("MAX_MEMORY", "bytes"), ("FRAME_TIMEOUT", "seconds")):
+        value = settings.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            errors.append(
+                Error(
+                    f"NOTIFICATIONS['EMBEDDED_BROKER']['{key}'] is {value!r}; it must be a positive number of {unit}.",
+                    hint=f"Leave it out for the default ({conf.DEFAULTS['EMBEDDED_BROKER'][key]!r}).",
+                    id="notifications.E030",
+                )
+            )
     return errors

@@ -30,6 +30,11 @@ DEFAULTS: dict[str, Any] = {
         "USERS": {},
         # A file for messages waiting in /queue/ destinations to survive a restart; None keeps them in memory.
         "DATA_FILE": None,
+        # Bytes the broker holds for all clients together (unfinished frames, queued messages,
+        # unsent output); past it what would add more is refused with an ERROR. 256 MiB.
+        "MAX_MEMORY": 256 * 1024 * 1024,
+        # Seconds a frame has, from its first byte, to arrive whole.
+        "FRAME_TIMEOUT": 30.0,
     },
 }
 

@@ -8,7 +8,7 @@ or from sync code: ``with BrokerThread(BrokerConfig()) as running: running.url``
 from __future__ import annotations
 
 from .config import BrokerConfig, BrokerStats, QueueOverflow
-from .runner import BrokerThread, new_event_loop, parse_user, until_signalled
+from .runner import BrokerThread, new_event_loop, parse_size, parse_user, until_signalled
 from .server import Broker
 
-__all__ = ["Broker", "BrokerConfig", "BrokerStats", "BrokerThread", "QueueOverflow", "new_event_loop", "parse_user", "until_signalled"]
+__all__ = ["Broker", "BrokerConfig", "BrokerStats", "BrokerThread", "QueueOverflow", "new_event_loop", "parse_size", "parse_user", "until_signalled"]

@@ -9,7 +9,8 @@ import logging
 import sys
 
 from .config import BrokerConfig
-from .runner import new_event_loop, parse_user, until_signalled
+from .config import BrokerConfig as _Defaults
+from .runner import new_event_loop, parse_size, parse_user, until_signalled
 from .server import Broker
 
 
@@ -20,14 +21,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--user", action="append", default=[], metavar="LOGIN:PASSCODE",
                         help="accept only these logins (repeatable); none configured accepts any login")
     parser.add_argument("--data-file", default=None, help="SQLite file keeping queued messages across restarts")
+    parser.add_argument("--max-memory", default=None, metavar="SIZE",
+                        help="bytes held for all clients together, e.g. 256M (default 256M)")
+    parser.add_argument("--frame-timeout", type=float, default=_Defaults.frame_timeout, metavar="SECONDS",
+                        help=f"seconds a frame has to arrive whole (default {_Defaults.frame_timeout:g})")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     args = parser.parse_args(argv)
     try:
         users = dict(parse_user(u) for u in args.user)
+        max_memory = parse_size(args.max_memory) if args.max_memory else _Defaults.max_memory
     except ValueError as exc:
         parser.error(str(exc))
+    if args.frame_timeout <= 0:
+        parser.error(f"--frame-timeout must be a positive number of seconds, not {args.frame_timeout:g}")
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    broker = Broker(BrokerConfig(host=args.host, port=args.port, users=users, data_file=args.data_file))
+    broker = Broker(BrokerConfig(
+        host=args.host, port=args.port, users=users, data_file=args.data_file, max_memory=max_memory,
+        frame_timeout=args.frame_timeout,
+    ))
 
     async def serve() -> None:
         await broker.start()

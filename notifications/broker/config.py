@@ -62,6 +62,16 @@ class BrokerConfig:
     max_subscriptions: int = 1_000
     # Seconds a new connection has to send its CONNECT frame.
     connect_timeout: float = 10.0
+    # Seconds a frame has, from its first byte, to arrive whole: a client trickling a byte now
+    # and then passes every heart-beat check, and must not hold its connection forever.
+    frame_timeout: float = 30.0
+    # Bytes the broker holds for all its clients together: unfinished frames and open
+    # transactions (input), messages in /queue/ destinations, waiting or unacknowledged, and
+    # output not yet taken by the socket. Past it the broker refuses what would add more: the
+    # frame in progress, the SEND to a queue, or the subscriber holding the most unsent output
+    # (an ERROR, then the connection closes; counted in stats().memory_refusals and logged).
+    # 256 MiB: a quarter of a small (1 GiB) machine.
+    max_memory: int = 256 * 1024 * 1024
     # Seconds close() waits for clients to take their last frames before cutting them off.
     close_timeout: float = 5.0
     server_name: str = "notifications-broker/1.0"
@@ -87,3 +97,9 @@ class BrokerStats:
     slow_consumers: int
     errors_sent: int
     producer_pauses: int
+    memory_used: int
+    """Bytes held for clients now: unfinished frames, transactions, queued messages, unsent output."""
+    memory_refusals: int
+    """Frames, SENDs and subscribers refused because max_memory was reached."""
+    frame_timeouts: int
+    """Connections closed because a frame did not complete within frame_timeout."""

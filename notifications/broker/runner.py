@@ -10,7 +10,7 @@ import threading
 from .config import BrokerConfig, BrokerStats
 from .server import Broker
 
-__all__ = ["BrokerThread", "new_event_loop", "until_signalled", "parse_user"]
+__all__ = ["BrokerThread", "new_event_loop", "until_signalled", "parse_user", "parse_size"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +43,19 @@ def parse_user(value: str) -> tuple[str, str]:
     if not sep or not login:
         raise ValueError(f"{value!r} is not login:passcode (for example --user worker:s3cret)")
     return login, passcode
+
+
+_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
+
+
+def parse_size(value: str) -> int:
+    """A byte count from the command line: ``268435456``, ``256M``, ``1G`` (binary units)."""
+    text = value.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = text[-1:] if text[-1:] in _UNITS else ""
+    number = text[: len(text) - len(unit)]
+    if not number.isdigit() or int(number) <= 0:
+        raise ValueError(f"{value!r} is not a size in bytes (for example 268435456, 256M or 1G)")
+    return int(number) * _UNITS[unit]
 
 
 class BrokerThread:

@@ -183,7 +183,8 @@ class Connection(asyncio.Protocol):
         "broker", "transport", "parser", "version", "escaped", "session", "connected", "closing",
         "subs", "subs_by_num", "sub_counter", "transactions", "out", "last_read", "last_write", "hb_in", "hb_out",
         "hb_in_handle", "hb_out_handle", "write_paused", "slow_handle", "waiters", "blocked_by",
-        "reading_paused", "login", "peer", "close_handle", "held",
+        "reading_paused", "login", "peer", "close_handle", "held", "in_bytes", "out_bytes", "partial_since",
+        "frame_handle",
     )
 
     def __init__(self, broker: Broker) -> None:
@@ -215,6 +216,12 @@ class Connection(asyncio.Protocol):
         self.login: str | None = None
         self.peer = ""
         self.close_handle: asyncio.TimerHandle | None = None
+        # What this connection counts in the broker's memory budget: its unfinished frame, and
+        # its unsent output as of the last write (refreshed when the budget is checked).
+        self.in_bytes = 0
+        self.out_bytes = 0
+        self.partial_since: float | None = None  # loop time the unfinished frame started
+        self.frame_handle: asyncio.TimerHandle | None = None
 
     # --- asyncio.Protocol -----------------------------------------------------------------
 
@@ -243,17 +250,31 @@ class Connection(asyncio.Protocol):
         if self.closing:
             return
         broker = self.broker
-        self.last_read = broker.loop.time()
+        self.last_read = now = broker.loop.time()
+        parser = self.parser
         error: str | None = None
         try:
-            self.parser.receive_data(data)
+            parser.receive_data(data)
         except RemoteProtocolError as exc:
             # The text only: the exception's traceback would tie this frame (and ``data``) to
             # itself in a cycle, keeping MiBs alive until a cyclic collection.
             error = exc.error_message
+        events = parser.events_received()
+        buffered = parser.buffered
+        grown = buffered - self.in_bytes
+        if grown:
+            self.in_bytes = buffered
+            broker.input_bytes += grown
+        if buffered:
+            if events or self.partial_since is None:
+                self.partial_since = now  # a new frame began in this read
+            if self.frame_handle is None:
+                self.frame_handle = broker.loop.call_at(now + broker.config.frame_timeout, self._frame_timeout)
+        else:
+            self.partial_since = None
         broker.sender = self
         try:
-            for event in self.parser.events_received():
+            for event in events:
                 if event is HEARTBEAT:
                     continue
                 self.handle(event)
@@ -261,6 +282,13 @@ class Connection(asyncio.Protocol):
                     break
             if error is not None and not self.closing:
                 self.fail(error)
+            elif grown > 0 and not self.closing and broker.over_budget():
+                broker.refused_for_memory(self, f"an unfinished frame of {buffered} bytes")
+                self.fail(
+                    "Memory limit reached: frame refused",
+                    f"The broker holds as much for its clients as it may ({broker.config.max_memory} bytes):"
+                    f" this frame, {buffered} bytes so far, was refused.",
+                )
             elif self.blocked_by and not self.reading_paused and not self.closing:
                 self.reading_paused = True
                 broker.n_producer_pauses += 1
@@ -284,6 +312,8 @@ class Connection(asyncio.Protocol):
         broker = self.broker
         try:
             self._cleanup()
+            if self.out_bytes:
+                self.note_output(0)
         finally:
             broker.connections.discard(self)
             broker.flush()
@@ -327,10 +357,24 @@ class Connection(asyncio.Protocol):
         if transport is None or transport.is_closing():
             return
         transport.write(out[0] if len(out) == 1 else b"".join(out))
-        self.last_write = self.broker.loop.time()
-        if transport.get_write_buffer_size() > self.broker.config.max_output_bytes and not self.closing:
-            self.slow_consumer(f"its unsent output passed {self.broker.config.max_output_bytes} bytes")
+        broker = self.broker
+        self.last_write = broker.loop.time()
+        unsent = transport.get_write_buffer_size()
+        if unsent != self.out_bytes:
+            self.note_output(unsent)
+        if unsent > broker.config.max_output_bytes and not self.closing:
+            self.slow_consumer(f"its unsent output passed {broker.config.max_output_bytes} bytes")
             self.flush()
+
+    def note_output(self, unsent: int) -> None:
+        """Record ``unsent`` bytes waiting in the socket's buffer, in the broker's memory count."""
+        broker = self.broker
+        broker.output_bytes += unsent - self.out_bytes
+        self.out_bytes = unsent
+        if unsent:
+            broker.output_holders.add(self)
+        else:
+            broker.output_holders.discard(self)
 
     def _slow_consumer_timeout(self) -> None:
         self.slow_handle = None
@@ -396,11 +440,21 @@ class Connection(asyncio.Protocol):
 
     def _cleanup(self) -> None:
         broker = self.broker
-        for handle in (self.hb_in_handle, self.hb_out_handle, self.slow_handle):
+        for handle in (self.hb_in_handle, self.hb_out_handle, self.slow_handle, self.frame_handle):
             if handle is not None:
                 handle.cancel()
-        self.hb_in_handle = self.hb_out_handle = self.slow_handle = None
+        self.hb_in_handle = self.hb_out_handle = self.slow_handle = self.frame_handle = None
+        # Nothing more is read: an unfinished frame and open transactions are dropped now, not
+        # when the lingering close ends.
+        if self.in_bytes or self.parser.buffered:
+            self.parser = FrameParser(broker.config.limits, self.version)
+            broker.input_bytes -= self.in_bytes
+            self.in_bytes = 0
+        self.partial_since = None
         self.transactions = None
+        if self.held[1]:
+            broker.input_bytes -= self.held[1]
+        self.held = (0, 0)
         for sub in list(self.subs.values()):
             broker.unsubscribe(sub)
         self.subs.clear()
@@ -424,6 +478,26 @@ class Connection(asyncio.Protocol):
     # Both heart-beat timers are lazy: one timer per direction, re-armed only when it fires, for
     # the moment the silence would reach its bound counted from the last byte read or written
     # (a flag checked once per period would let the silence reach twice the period).
+
+    def _frame_timeout(self) -> None:
+        self.frame_handle = None
+        if self.closing or self.partial_since is None:
+            return
+        loop = self.broker.loop
+        now = loop.time()
+        if self.reading_paused:
+            self.partial_since = now  # the rest of the frame waits for us, not for the client
+        timeout = self.broker.config.frame_timeout
+        if now - self.partial_since < timeout:
+            self.frame_handle = loop.call_at(self.partial_since + timeout, self._frame_timeout)
+            return
+        self.broker.n_frame_timeouts += 1
+        logger.warning(
+            "Disconnecting %s (session %s): a frame did not complete in %g s (%d bytes of it arrived)",
+            self.peer, self.session or "-", timeout, self.parser.buffered,
+        )
+        self.fail(f"Timeout: frame not completed in {timeout:g} s")
+        self.broker.flush()
 
     def _check_incoming(self) -> None:
         self.hb_in_handle = None
@@ -650,8 +724,16 @@ class Connection(asyncio.Protocol):
                 f"Open transactions hold more than {config.max_transaction_frames} frames"
                 f" or {config.max_transaction_bytes} bytes"
             )
+        broker = self.broker
+        if broker.over_budget(len(frame.body)):
+            broker.refused_for_memory(self, f"a {frame.command} of {len(frame.body)} bytes in transaction {tx!r}")
+            raise BrokerError(
+                "Memory limit reached: frame refused",
+                f"The broker holds as much for its clients as it may ({config.max_memory} bytes).",
+            )
         transactions[tx].append(frame)
         self.held = (frames + 1, size + len(frame.body))
+        broker.input_bytes += len(frame.body)
 
     def _transaction_id(self, frame: Frame) -> str:
         tx = frame.get("transaction")
@@ -692,7 +774,9 @@ class Connection(asyncio.Protocol):
 
     def _release_held(self, frames: list[Frame]) -> None:
         count, size = self.held
-        self.held = (count - len(frames), size - sum(len(f.body) for f in frames))
+        released = sum(len(f.body) for f in frames)
+        self.held = (count - len(frames), size - released)
+        self.broker.input_bytes -= released
 
     def on_disconnect(self, frame: Frame) -> None:
         # Everything before it in this read was handled already; the receipt follows in handle().
@@ -756,6 +840,15 @@ class Broker:
         self.n_slow_consumers = 0
         self.n_errors_sent = 0
         self.n_producer_pauses = 0
+        self.n_memory_refusals = 0
+        self.n_frame_timeouts = 0
+        # The memory budget (config.max_memory): bytes of unfinished frames and transactions,
+        # of queue messages (waiting or unacknowledged), and of unsent output as of each
+        # connection's last write (stale until refreshed: refresh_output() before deciding).
+        self.input_bytes = 0
+        self.queued_bytes = 0
+        self.output_bytes = 0
+        self.output_holders: set[Connection] = set()
         self._port = 0
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -788,6 +881,7 @@ class Broker:
                     QueuedMessage(stored.message_id, stored.destination, stored.headers, stored.body, stored.redelivered)
                 )
                 queue.size += len(stored.body)
+                self.queued_bytes += len(stored.body)
                 restored += 1
             if restored:
                 logger.info("Restored %d queued messages from %s", restored, config.data_file)
@@ -883,7 +977,56 @@ class Broker:
             slow_consumers=self.n_slow_consumers,
             errors_sent=self.n_errors_sent,
             producer_pauses=self.n_producer_pauses,
+            memory_used=self.memory_used(refresh=True),
+            memory_refusals=self.n_memory_refusals,
+            frame_timeouts=self.n_frame_timeouts,
         )
+
+    # --- the memory budget ----------------------------------------------------------------
+
+    def memory_used(self, refresh: bool = False) -> int:
+        """Bytes held for clients; with ``refresh``, unsent output is re-read from every socket."""
+        if refresh:
+            self.refresh_output()
+        return self.input_bytes + self.queued_bytes + self.output_bytes
+
+    def refresh_output(self) -> None:
+        for conn in list(self.output_holders):
+            transport = conn.transport
+            conn.note_output(transport.get_write_buffer_size() if transport is not None else 0)
+
+    def over_budget(self, extra: int = 0) -> bool:
+        """Whether holding ``extra`` more bytes would pass max_memory (cheap while well under it)."""
+        limit = self.config.max_memory
+        if self.input_bytes + self.queued_bytes + self.output_bytes + extra <= limit:
+            return False
+        return self.memory_used(refresh=True) + extra > limit
+
+    def refused_for_memory(self, conn: Connection, what: str) -> None:
+        """Count and log one refusal of the memory budget (the caller sends the ERROR)."""
+        self.n_memory_refusals += 1
+        logger.warning(
+            "Memory limit: refused %s from %s (session %s); the broker holds %d bytes for its clients"
+            " (input %d, queues %d, output %d), its limit is %d",
+            what, conn.peer, conn.session or "-", self.memory_used(), self.input_bytes, self.queued_bytes,
+            self.output_bytes, self.config.max_memory,
+        )
+
+    def _shed_output(self) -> None:
+        """Past the budget because of unsent output: disconnect the subscribers holding the most."""
+        while self.output_holders and self.over_budget():
+            conn = max(self.output_holders, key=lambda c: c.out_bytes)
+            held = conn.out_bytes
+            self.refused_for_memory(conn, f"a subscriber holding {held} bytes of unsent output")
+            conn.fail(
+                "Memory limit reached: disconnected",
+                f"The broker holds as much for its clients as it may ({self.config.max_memory} bytes),"
+                f" and this client left the most output unread ({held} bytes).",
+            )
+            # Its output is freed now: a lingering close would keep it while the client reads nothing.
+            if conn.transport is not None:
+                conn.transport.abort()
+            conn.note_output(0)
 
     def new_session_id(self) -> str:
         return f"{self._boot}-{next(self._session_counter)}"
@@ -898,6 +1041,8 @@ class Broker:
             for conn in dirty:
                 conn.flush()
             dirty = self.dirty
+        if self.output_bytes and self.input_bytes + self.queued_bytes + self.output_bytes > self.config.max_memory:
+            self._shed_output()
 
     # --- routing --------------------------------------------------------------------------
 
@@ -1010,7 +1155,16 @@ class Broker:
                     self._deliver_tracked(sub, block, tail, msg_id, None)
             return
         if destination.startswith(QUEUE_PREFIX) and len(destination) > len(QUEUE_PREFIX):
+            if self.over_budget(len(body)):
+                if self.sender is not None:
+                    self.refused_for_memory(self.sender, f"a SEND of {len(body)} bytes to {destination}")
+                raise BrokerError(
+                    "Memory limit reached: message refused",
+                    f"The broker holds as much for its clients as it may ({self.config.max_memory} bytes):"
+                    f" the message to {destination} was not accepted.",
+                )
             self.n_received += 1
+            self.queued_bytes += len(body)
             msg = QueuedMessage(f"{self._boot}-{next(self._msg_counter)}", destination, _user_headers(headers), body)
             queue = self._queue(destination)
             if not queue.messages:
@@ -1033,6 +1187,7 @@ class Broker:
                     )
                 dropped = queue.messages.popleft()
                 queue.size -= len(dropped.body)
+                self.queued_bytes -= len(dropped.body)
                 logger.warning("Queue %s is full: dropped its oldest message %s", destination, dropped.id)
                 if self._store is not None:
                     self._store.remove(dropped.id)
@@ -1099,6 +1254,7 @@ class Broker:
                 out.append(b"redelivered:true\n")
             out.append(tail)
             self.n_delivered += 1
+            self.queued_bytes -= len(msg.body)  # from here on it is output
             if self._store is not None:
                 self._store.remove(msg.id)
         else:
@@ -1139,6 +1295,8 @@ class Broker:
                 self._requeue(queue, queued)
         else:
             self.n_acked += len(messages)
+            for msg in queued:
+                self.queued_bytes -= len(msg.body)
             if self._store is not None:
                 for msg in queued:
                     self._store.remove(msg.id)

@@ -891,3 +891,134 @@ async def test_run_serves_until_its_injected_shutdown_trigger_completes():
     error = await asyncio.wait_for(reader.readuntil(b"\x00"), 5)
     assert error.startswith(b"ERROR\nmessage:Broker shutting down\n")
     writer.close()
+
+
+# --- A memory budget for the whole broker, and frames that never complete ------------------
+
+
+def _error_message(client: RawClient, timeout: float = 5.0) -> str | None:
+    """The message of the first ERROR frame (other frames skipped), None when the connection ends first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            frame = client.frame(max(0.05, deadline - time.monotonic()))
+        except AssertionError:
+            return None
+        if frame.command == "ERROR":
+            return frame.get("message")
+    return None
+
+
+def test_unfinished_frames_past_the_memory_budget_get_an_error_and_the_connection_closes(start_broker, clients, caplog):
+    broker = start_broker(max_memory=3 * 1024 * 1024)
+    part = b"SEND\ndestination:/queue/big\n\n" + b"x" * (1024 * 1024)  # no NUL: a frame in progress
+    holders = [clients(broker.port) for _ in range(2)]
+    for holder in holders:
+        holder.send(part)
+        sync(clients(broker.port))  # the broker has read it
+    refused = clients(broker.port)
+    refused.send(part + b"x" * (1024 * 1024))
+    assert _error_message(refused) == "Memory limit reached: frame refused"
+    assert refused.closed()
+    for holder in holders:  # the frames in progress before the budget ran out are still welcome
+        holder.send(b"\x00")
+        sync(holder)
+    stats = broker.stats()
+    assert stats.memory_refusals == 1
+    assert any("Memory limit" in r.getMessage() and "frame" in r.getMessage() for r in caplog.records)
+
+
+def test_queues_share_the_memory_budget_and_a_send_past_it_is_refused(start_broker, clients):
+    broker = start_broker(max_memory=2 * 1024 * 1024)
+    sender = clients(broker.port)
+    body = b"x" * (100 * 1024)
+    accepted = 0
+    message = None
+    for i in range(40):  # 4 MB over five queues, each well under its own cap
+        send(sender, f"/queue/q{i % 5}", body, b"receipt:r%d\n" % i)
+        frame = sender.frame()
+        if frame.command == "ERROR":
+            message = frame.get("message")
+            break
+        accepted += 1
+    assert message == "Memory limit reached: message refused"
+    assert 15 <= accepted <= 20  # what fits in 2 MiB
+    assert sender.closed()
+    assert broker.stats().memory_refusals == 1
+    # Nothing accepted was lost.
+    reader = clients(broker.port)
+    got = 0
+    for i in range(5):
+        subscribe(reader, f"/queue/q{i}", str(i))
+    while not reader.nothing(0.3) or reader.pending:
+        while reader.pending:
+            reader.pending.pop()
+            got += 1
+        while b"\x00" in reader.buf:
+            reader.frame()
+            got += 1
+    assert got == accepted
+
+
+def test_a_subscriber_holding_unsent_output_past_the_memory_budget_is_disconnected(start_broker, clients):
+    broker = start_broker(
+        max_memory=2 * 1024 * 1024, output_high_water=64 * 1024 * 1024, max_output_bytes=64 * 1024 * 1024,
+        slow_consumer_timeout=60.0,
+    )
+    stuck = RawClient(broker.port)
+    stuck.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stuck.connect()
+    subscribe(stuck, "/topic/flood", "stuck")
+    sender = clients(broker.port)
+    body = b"x" * (64 * 1024)
+    for _ in range(512):  # 32 MiB the stuck subscriber never reads (the kernel's buffers take some)
+        send(sender, "/topic/flood", body)
+    sync(sender)  # the sender is not the one refused
+    deadline = time.monotonic() + 5
+    while broker.stats().memory_refusals == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stats = broker.stats()
+    assert stats.memory_refusals == 1 and stats.connections_current == 1
+    assert stats.memory_used < 2 * 1024 * 1024
+    stuck.close()
+
+
+def test_a_client_trickling_a_frame_after_connect_is_cut_off_at_the_frame_timeout(start_broker, clients):
+    broker = start_broker(frame_timeout=1.0, heartbeat_receive_ms=0)
+    client = clients(broker.port)
+    started = time.monotonic()
+    for byte in b"SEND\ndestination:/queue/slow\n\nbody":
+        try:
+            client.send(bytes([byte]))
+        except OSError:
+            break
+        if b"\x00" in client.buf or client._read(time.monotonic() + 0.2):
+            break
+    assert _error_message(client) == "Timeout: frame not completed in 1 s"
+    assert client.closed()
+    assert time.monotonic() - started < 6
+    assert broker.stats().frame_timeouts == 1
+
+
+def test_heart_beats_and_whole_frames_never_trip_the_frame_timeout(start_broker, clients):
+    broker = start_broker(frame_timeout=0.5)
+    client = clients(broker.port)
+    for _ in range(8):
+        client.send(b"\n")
+        send(client, "/topic/t", b"x")
+        time.sleep(0.15)
+    sync(client)
+    assert broker.stats().frame_timeouts == 0
+
+
+def test_the_memory_in_use_comes_back_to_zero_when_clients_leave(start_broker, clients):
+    broker = start_broker()
+    client = clients(broker.port)
+    client.send(b"SEND\ndestination:/queue/x\n\n" + b"x" * 10000)
+    sync(clients(broker.port))
+    assert broker.stats().memory_used >= 10000
+    client.close()
+    deadline = time.monotonic() + 5
+    while broker.stats().memory_used and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert broker.stats().memory_used == 0

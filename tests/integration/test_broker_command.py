@@ -92,3 +92,61 @@ def test_the_runners_serve_clients_and_stop_cleanly_on_sigterm(entry, tmp_path):
             proc.kill()
             proc.wait(5)
     assert (tmp_path / "q.sqlite3").exists()
+
+
+def test_the_embedded_broker_settings_are_checked(settings):
+    from notifications.checks import check_embedded_broker
+
+    settings.NOTIFICATIONS = {}
+    assert check_embedded_broker() == []
+    settings.NOTIFICATIONS = {"EMBEDDED_BROKER": {"MAX_MEMORY": 0, "FRAME_TIMEOUT": "30"}}
+    errors = check_embedded_broker()
+    assert [e.id for e in errors] == ["notifications.E030", "notifications.E030"]
+    assert errors[0].msg == "NOTIFICATIONS['EMBEDDED_BROKER']['MAX_MEMORY'] is 0; it must be a positive number of bytes."
+
+
+def test_the_command_refuses_a_memory_size_it_cannot_read():
+    with pytest.raises(CommandError, match=r"--max-memory: 'lots' is not a size in bytes \(for example 268435456, 256M or 1G\)"):
+        call_command("stompbroker", "--port", "0", "--max-memory", "lots")
+
+
+@pytest.mark.parametrize(("text", "size"), [("1048576", 1048576), ("256M", 256 * 1024 * 1024), ("1g", 1024**3), ("64KiB", 65536)])
+def test_memory_sizes_are_read_in_binary_units(text, size):
+    from notifications.broker import parse_size
+
+    assert parse_size(text) == size
+
+
+def test_the_command_runs_the_broker_with_the_memory_budget_of_the_settings(settings):
+    from notifications.management.commands import stompbroker
+
+    port = free_port()
+    settings.NOTIFICATIONS = {"EMBEDDED_BROKER": {"PORT": port, "MAX_MEMORY": 1024 * 1024}}
+    seen = {}
+
+    async def trigger() -> None:
+        import asyncio
+
+        def probe() -> bytes:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                sock.sendall(b"CONNECT\naccept-version:1.2\nhost:x\n\n\x00")
+                try:
+                    sock.sendall(b"SEND\ndestination:/queue/a\n\n" + b"x" * (2 * 1024 * 1024))
+                except OSError:
+                    pass
+                data = b""
+                while chunk := sock.recv(65536):
+                    data += chunk
+                return data
+
+        seen["reply"] = await asyncio.to_thread(probe)
+
+    command = stompbroker.Command()
+    command.shutdown_trigger = trigger
+    call_command(command)
+    from notifications.codec import FrameParser
+
+    parser = FrameParser()
+    parser.receive_data(seen["reply"])
+    connected, error = parser.events_received()
+    assert (error.command, error.get("message")) == ("ERROR", "Memory limit reached: frame refused")

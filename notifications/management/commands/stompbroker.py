@@ -9,7 +9,7 @@ import logging
 from django.core.management.base import BaseCommand, CommandError
 
 from notifications import conf
-from notifications.broker import Broker, BrokerConfig, new_event_loop, parse_user, until_signalled
+from notifications.broker import Broker, BrokerConfig, new_event_loop, parse_size, parse_user, until_signalled
 
 
 class Command(BaseCommand):
@@ -24,6 +24,10 @@ class Command(BaseCommand):
         parser.add_argument("--user", action="append", default=None, metavar="LOGIN:PASSCODE",
                             help="accept only these logins (repeatable; default: EMBEDDED_BROKER USERS, any login)")
         parser.add_argument("--data-file", help="SQLite file keeping queued messages across restarts")
+        parser.add_argument("--max-memory", metavar="SIZE",
+                            help="bytes held for all clients together, e.g. 256M (default: EMBEDDED_BROKER MAX_MEMORY)")
+        parser.add_argument("--frame-timeout", type=float, metavar="SECONDS",
+                            help="seconds a frame has to arrive whole (default: EMBEDDED_BROKER FRAME_TIMEOUT, 30)")
         parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                             help="log level of the broker (default INFO)")
 
@@ -39,8 +43,20 @@ class Command(BaseCommand):
         else:
             users = dict(settings["USERS"] or {})
         data_file = options["data_file"] or settings["DATA_FILE"]
+        if options["max_memory"] is not None:
+            try:
+                max_memory = parse_size(options["max_memory"])
+            except ValueError as exc:
+                raise CommandError(f"--max-memory: {exc}") from None
+        else:
+            max_memory = settings["MAX_MEMORY"]
+        frame_timeout = options["frame_timeout"] if options["frame_timeout"] is not None else settings["FRAME_TIMEOUT"]
+        if frame_timeout <= 0:
+            raise CommandError(f"--frame-timeout must be a positive number of seconds, not {frame_timeout:g}")
         logging.getLogger("notifications.broker").setLevel(options["log_level"])
-        broker = Broker(BrokerConfig(host=host, port=port, users=users, data_file=data_file))
+        broker = Broker(BrokerConfig(
+            host=host, port=port, users=users, data_file=data_file, max_memory=max_memory, frame_timeout=frame_timeout,
+        ))
 
         async def serve() -> None:
             await broker.start()
