@@ -296,7 +296,7 @@ async def run_clients(args) -> dict:
     # The direct broker subscriber runs in the idle clients' process, which has nothing else to
     # do while the job runs: in the watchers' busy process its own loop would add to its figure.
     if args.mode == "stomp" and args.job and not args.watch and os.environ.get("STOMP_BROKER_URL"):
-        from notifications import destinations
+        from jobs import live as destinations
         from notifications.hub import Hub
 
         broker_hub, broker_watcher = Hub(os.environ["STOMP_BROKER_URL"]), _BrokerWatcher()

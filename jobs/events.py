@@ -10,7 +10,7 @@ import logging
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from notifications import destinations
+from . import live as destinations
 
 if TYPE_CHECKING:
     from .models import Job
@@ -76,10 +76,10 @@ def job_event(job: Job) -> dict[str, Any]:
 
 
 def _publisher_publish():
-    """notifications.publisher.publish_event (through a web process's hub when it is connected,
+    """notifications.live.publish (after commit; through a web process's hub when it is connected,
     else the process publisher), or None where the notifications app is not installed."""
     try:
-        from notifications.publisher import publish_event
+        from notifications.live import publish as publish_event
     except ImportError:
         return None
     return publish_event

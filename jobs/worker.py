@@ -972,7 +972,7 @@ class Worker:
 
     def _subscribe_wakeups(self) -> None:
         try:
-            from notifications import destinations
+            from . import live as destinations
             from notifications.publisher import get_publisher
         except ImportError:
             logger.info("No publisher: worker %s polls every %.1f s", self.worker_id, self.poll_interval)

@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from . import destinations
 from .models import Level, Notification
-from .publisher import publish_event  # re-exported: callable from any Django code
+from .live import publish as publish_event  # re-exported: callable from any Django code
 
 __all__ = ["notify", "broadcast", "unread_count", "mark_read", "recent", "publish_event"]
 

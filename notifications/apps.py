@@ -9,4 +9,11 @@ class NotificationsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from django.core import checks as django_checks
+
         from . import checks  # noqa: F401  (registers the system checks)
+        from . import destinations, live  # noqa: F401  (destinations declares this app's own)
+
+        # Every installed app's live.py declares its destinations, as admin.py registers models.
+        live.autodiscover()
+        django_checks.register(live.check_declarations)

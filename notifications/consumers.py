@@ -1,33 +1,26 @@
 """STOMP 1.2 over WebSocket for browsers: a Channels consumer that relays the hub and guards access.
 
-One consumer per WebSocket. Frames are parsed with the project codec; what a user may subscribe
-to is decided here from the Django session (see notifications.permissions), and every broker
-message reaches the browser through the process hub (notifications.hub), never through a
-connection of its own.
+One consumer per WebSocket. Frames are parsed with the project codec. What a browser may
+subscribe to and send to is whatever the installed apps declared in the live registry
+(notifications.live): this module knows no destination itself. Every broker message reaches
+the browser through the process hub (notifications.hub), never through a connection of its own.
 
-Browser-visible destinations:
-  /user/queue/notifications  the user's own notifications and broadcasts
-  /topic/notifications.broadcast  broadcasts alone (any logged-in user)
-  /user/queue/jobs           events of the jobs the user owns
-  /topic/jobs.<uuid>         one job (its owner, or jobs.view_job)
-  /topic/jobs.all            every job (jobs.view_job)
-SEND destinations: /app/jobs.cancel {"job": "<uuid>"} (owner or jobs.change_job; cancelling a
-finished job is a no-op), /app/notifications.read {"id": 12} | {"ids": [..]} | {"all": true}.
-
-Snapshots: a job subscription first gets the job's event JSON from the database; a list
-(/topic/jobs.all, /user/queue/jobs) the READY and RUNNING jobs (at most 50); notifications
-{"type": "notifications.sync", "unread": n, "notifications": [unread ones, newest first]}.
-The same snapshots are sent again after the hub reconnects to the broker. Job events carry
-``seq``: anything not newer than what a subscription already sent is dropped here.
+A SUBSCRIBE is matched against the registry; the destination's permission callable runs in a
+thread; the hub subscribes to the destination's broker topics (waiting for the broker's
+receipt), then its snapshot is read from the database and sent, then the live events, minus
+those not newer (by the declared ``seq``) than what the subscription already sent. After the hub
+reconnects to the broker, every subscription gets its resync (or its snapshot) again. A SEND
+to /app/... runs the declared handler in a thread and transaction; a RECEIPT follows when asked.
 
 Refusals are ERROR frames (with ``message`` and, when a destination is at fault, a
 ``destination`` header), after which the socket closes, as STOMP requires. Anonymous sockets
-are refused at CONNECT. The session and permissions are read again on every SEND, every
+are refused at CONNECT. The session is read again on every SEND, every
 NOTIFICATIONS["SESSION_RECHECK_SECONDS"] for sockets with subscriptions (batched for all the
-sockets of the process), and at once on user_logged_out in this process: a session that ended
-or a withdrawn jobs.view_job ends the socket with an ERROR.
+sockets of the process, re-running each subscription's permission callable), and at once on
+user_logged_out in this process: a session that ended or a withdrawn permission ends the
+socket with an ERROR.
 
-Backpressure: job events coalesce per subscription (the newest seq wins) while a socket's
+Backpressure: keyed events coalesce per subscription (the newest seq wins) while a socket's
 outbox waits; past MAILBOX_SIZE pending messages the socket gets an ERROR and is closed, and
 its client reconnects and resyncs from snapshots. (Daphne gives an ASGI app no view of a
 socket's write buffer, so a browser that reads slowly is buffered by daphne, not here.)
@@ -35,21 +28,23 @@ socket's write buffer, so a browser that reads slowly is buffered by daphne, not
 from __future__ import annotations
 
 import asyncio
-import enum
+import itertools
 import json
 import logging
 import time
 import weakref
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.consumer import get_handler_name
 from django.contrib.auth.signals import user_logged_out
+from django.db import transaction
 from django.dispatch import receiver
 
-from . import conf, destinations, permissions
+from . import conf, live, permissions
 from .codec import (
     HEARTBEAT,
     Frame,
@@ -63,35 +58,36 @@ from .codec import (
     negotiate_version,
     parse_heartbeat,
 )
-from .hub import Event, Mailbox, get_hub
+from .hub import Event, Mailbox, current_hub, get_hub
 
 __all__ = [
     "StompConsumer",
     "SUBPROTOCOLS",
-    "USER_JOBS",
     "BROWSER_LIMITS",
     "MAX_SUBSCRIPTIONS",
     "MAILBOX_SIZE",
     "COALESCE_AFTER",
     "BATCH_BYTES",
     "SERVER_NAME",
+    "SNAPSHOT_LIMIT",
+    "RESYNC_MARGIN",
+    "stats",
 ]
 
 logger = logging.getLogger(__name__)
 
 # WebSocket subprotocol -> STOMP version, best first (what @stomp/stompjs offers, in its order).
 SUBPROTOCOLS = {"v12.stomp": "1.2", "v11.stomp": "1.1", "v10.stomp": "1.0"}
-USER_JOBS = "/user/queue/jobs"  # the jobs the user owns (a filtered view of JOBS_ALL)
 SERVER_NAME = "django-live-jobs/1.0"
 # Browsers only send small control frames (SUBSCRIBE, SEND of a tiny JSON body): a few KiB
 # would do; 64 KiB keeps room for long destination names without letting a tab buffer megabytes.
 BROWSER_LIMITS = Limits(max_frame_size=64 * 1024, max_body_size=16 * 1024, max_headers=64, max_header_line=4 * 1024)
-# A page needs a handful (notifications, one or two jobs, a list); this bounds what one socket costs.
+# A page needs a handful (its notifications, an object or two, a list); this bounds what one socket costs.
 MAX_SUBSCRIPTIONS = 64
-# Messages waiting for one browser after coalescing (job events of one subscription share a slot).
+# Messages waiting for one browser after coalescing (keyed events of one item share a slot).
 MAILBOX_SIZE = 512
-# A socket with fewer messages waiting than this gets every job state; from there on, a job's
-# newer event replaces its pending one. Several events read from the broker in one go are so
+# A socket with fewer messages waiting than this gets every state of an item; from there on, an
+# item's newer event replaces its pending one. Several events read from the broker in one go are so
 # all delivered (in one WebSocket message), and coalescing starts only when the socket is
 # really behind (a burst, a loaded process).
 COALESCE_AFTER = 16
@@ -101,39 +97,56 @@ COALESCE_AFTER = 16
 BATCH_BYTES = 64 * 1024
 # A browser silent for this many times its negotiated heart-beat is gone.
 HEARTBEAT_GRACE = 2.0
-# Jobs sent as the snapshot of a list subscription (/topic/jobs.all, /user/queue/jobs).
-LIST_SNAPSHOT_LIMIT = 50
-# Per-subscription memory of the last seq sent per job (list subscriptions see many jobs).
+# Messages one snapshot or resync may send; past it the rest is left out, counted and logged
+# (a destination's own snapshot should bound itself well below this).
+SNAPSHOT_LIMIT = 5000
+# Per-subscription memory of the last seq sent per item (list subscriptions see many items).
 SEQ_MEMORY = 2000
-# Unread notifications carried by the notifications.sync message.
-SYNC_NOTIFICATIONS = 20
+# After a broker outage, a resync asks for what was written from this many seconds before the
+# hub was last seen connected: events in flight (written, not yet relayed) and clocks of other
+# machines a little behind ours are covered.
+RESYNC_MARGIN = 30.0
+
+
+@dataclass
+class ConsumerStats:
+    """What the WebSocket endpoint of this process refused or cut short (also logged)."""
+
+    snapshots_truncated: int = 0  # snapshot or resync past SNAPSHOT_LIMIT messages
+    overflows: int = 0  # sockets closed because their mailbox was full
+    pending_forgotten: int = 0  # unfinished items forgotten past SEQ_MEMORY
+
+
+stats = ConsumerStats()
 
 # Sockets of this process by session key, for user_logged_out.
 _by_session: dict[str, weakref.WeakSet] = {}
-
-
-class Kind(enum.Enum):
-    """What a browser subscription is, and so which rule guards it."""
-
-    NOTIFICATIONS = "notifications"  # own notifications and broadcasts; needs a login
-    JOB = "job"  # one job; its owner or jobs.view_job
-    ALL_JOBS = "all_jobs"  # every job; jobs.view_job
-    MY_JOBS = "my_jobs"  # jobs the user owns; needs a login
 
 
 @dataclass(eq=False)
 class ClientSubscription:
     id: str
     destination: str  # as the browser named it
-    kind: Kind
+    declared: live.Destination
+    parts: dict[str, Any]  # the pattern's parts, converted
     broker_destinations: tuple[str, ...]
-    job_id: str | None = None
-    needs_permission: bool = False  # kept only through jobs.view_job (not ownership)
+    # Copied from the declaration: read for every event, so without an attribute hop.
+    filter: Any = None
+    key: str | None = None
+    seq: str | None = None
+    final: str | None = None
     active: bool = True
     primed: bool = False  # the snapshot went out; live events may follow
     early: list = field(default_factory=list)  # events that arrived before the snapshot
-    last_seq: dict[str, int] = field(default_factory=dict)
+    last_seq: dict[Any, int] = field(default_factory=dict)
+    unfinished: dict[Any, None] = field(default_factory=dict)  # keys last shown not final (ordered set)
     header_prefix: str = ""  # "MESSAGE\ndestination:...\nsubscription:...\n", escaped for the version
+
+    @property
+    def check(self) -> permissions.Check | None:
+        """The permission check a session re-check runs again, if the destination has one."""
+        permission = self.declared.permission
+        return (permission, self.parts) if permission is not None else None
 
 
 class _Close(Exception):
@@ -145,13 +158,6 @@ class _Close(Exception):
         self.destination = destination
         self.receipt = receipt
         self.body = body
-
-
-def _json_body(frame: Frame) -> Any:
-    try:
-        return json.loads(frame.body.decode("utf-8") or "null")
-    except (UnicodeDecodeError, ValueError):
-        return None
 
 
 class StompConsumer(AsyncWebsocketConsumer):
@@ -324,35 +330,23 @@ class StompConsumer(AsyncWebsocketConsumer):
             await self._send_frame(Frame("RECEIPT", (("receipt-id", frame.get("receipt")),)))
 
     async def _authorize(self, sub_id: str, destination: str, receipt: str | None) -> ClientSubscription:
-        user = self.user
-        if destination == destinations.USER_NOTIFICATIONS:
-            return ClientSubscription(
-                sub_id, destination, Kind.NOTIFICATIONS,
-                (destinations.user_notifications(user.pk), destinations.NOTIFICATIONS_BROADCAST),
-            )
-        if destination == destinations.NOTIFICATIONS_BROADCAST:
-            # Broadcasts are for every logged-in user (also part of /user/queue/notifications).
-            return ClientSubscription(sub_id, destination, Kind.NOTIFICATIONS, (destination,))
-        if destination == USER_JOBS:
-            return ClientSubscription(sub_id, destination, Kind.MY_JOBS, (destinations.JOBS_ALL,))
-        if destination == destinations.JOBS_ALL:
-            if not await database_sync_to_async(permissions.can_view_all_jobs)(user):
+        match = live.registry.match_subscription(destination)
+        if match is None:
+            raise _Close(f"Not allowed to subscribe to {destination}", destination=destination, receipt=receipt)
+        declared, parts = match
+        if declared.permission is not None:
+            try:
+                allowed = await database_sync_to_async(declared.permission)(self.user, **parts)
+            except live.Refused as refused:
+                raise _Close(
+                    refused.message or f"Not allowed to subscribe to {destination}", destination=destination, receipt=receipt
+                ) from None
+            if not allowed:
                 raise _Close(f"Not allowed to subscribe to {destination}", destination=destination, receipt=receipt)
-            return ClientSubscription(
-                sub_id, destination, Kind.ALL_JOBS, (destinations.JOBS_ALL,), needs_permission=True
-            )
-        job_id = destinations.parse_job(destination)
-        if job_id is not None:
-            access, _job = await database_sync_to_async(permissions.job_access)(user, job_id)
-            if access is permissions.JobAccess.UNKNOWN:
-                raise _Close(f"No such job: {destination}", destination=destination, receipt=receipt)
-            if not access.allowed:
-                raise _Close(f"Not allowed to subscribe to {destination}", destination=destination, receipt=receipt)
-            return ClientSubscription(
-                sub_id, destination, Kind.JOB, (destination,), job_id=str(_job.pk),
-                needs_permission=access is permissions.JobAccess.PERMISSION,
-            )
-        raise _Close(f"Not allowed to subscribe to {destination}", destination=destination, receipt=receipt)
+        return ClientSubscription(
+            sub_id, destination, declared, parts, declared.topics_for(self.user, parts),
+            filter=declared.filter, key=declared.key, seq=declared.seq, final=declared.final,
+        )
 
     async def _on_unsubscribe(self, frame: Frame) -> None:
         sub_id = frame.get("id")
@@ -375,58 +369,34 @@ class StompConsumer(AsyncWebsocketConsumer):
         # Every SEND re-reads the session: a logged-out tab must not act for its former user.
         if not await self._recheck():
             return
-        if destination == destinations.APP_JOB_CANCEL:
-            await self._cancel_job(frame, destination, receipt)
-        elif destination == destinations.APP_NOTIFICATION_READ:
-            await self._mark_read(frame, destination, receipt)
-        else:
+        match = live.registry.match_handler(destination)
+        if match is None:
             raise _Close(f"Not allowed to send to {destination}", destination=destination, receipt=receipt)
-        if receipt:
-            await self._send_frame(Frame("RECEIPT", (("receipt-id", receipt),)))
+        declared, parts = match
+        shape = f"{destination} needs a JSON body" + (f" {declared.body}" if declared.body else "")
+        try:
+            body = json.loads(frame.body.decode("utf-8") or "null")
+        except (UnicodeDecodeError, ValueError):
+            raise _Close(shape, destination=destination, receipt=receipt) from None
+        user = self.user
 
-    async def _cancel_job(self, frame: Frame, destination: str, receipt: str | None) -> None:
-        body = _json_body(frame)
-        job_id = body.get("job") if isinstance(body, dict) else None
-        if not isinstance(job_id, str):
-            raise _Close(f'{destination} needs a JSON body {{"job": "<uuid>"}}', destination=destination, receipt=receipt)
-
-        def cancel() -> str | None:
-            access, job = permissions.job_access(self.user, job_id)
-            if job is None:
-                return f"No such job: {job_id}"
-            if not permissions.can_cancel_job(self.user, job):
-                return f"Not allowed to cancel job {job_id}"
-            from jobs.exceptions import JobStateError
-
+        def handle() -> str | None:
+            if declared.permission is not None and not permissions.run_check(user, (declared.permission, parts)):
+                return f"Not allowed to send to {destination}"
             try:
-                job.cancel()
-            except JobStateError:
-                # Already finished: cancelling is idempotent, and the final state reaches the
-                # page through its job subscription anyway.
-                pass
+                with transaction.atomic():
+                    declared.handler(user, body, **parts)
+            except live.BadBody as refused:
+                return refused.message or shape
+            except live.Refused as refused:
+                return refused.message or f"Not allowed to send to {destination}"
             return None
 
-        problem = await database_sync_to_async(cancel)()
+        problem = await database_sync_to_async(handle)()
         if problem:
             raise _Close(problem, destination=destination, receipt=receipt)
-
-    async def _mark_read(self, frame: Frame, destination: str, receipt: str | None) -> None:
-        body = _json_body(frame)
-        ids: list | None
-        if isinstance(body, dict) and body.get("all") is True:
-            ids = None
-        elif isinstance(body, dict) and isinstance(body.get("id"), int):
-            ids = [body["id"]]
-        elif isinstance(body, dict) and isinstance(body.get("ids"), list) and all(isinstance(i, int) for i in body["ids"]):
-            ids = body["ids"]
-        else:
-            raise _Close(
-                f'{destination} needs a JSON body {{"id": 12}}, {{"ids": [12, 13]}} or {{"all": true}}',
-                destination=destination, receipt=receipt,
-            )
-        from . import api
-
-        await database_sync_to_async(api.mark_read)(self.user, ids)
+        if receipt:
+            await self._send_frame(Frame("RECEIPT", (("receipt-id", receipt),)))
 
     async def _on_ack(self, frame: Frame) -> None:
         # Every subscription is delivered as ack:auto; an ACK or NACK from a client that asked
@@ -444,73 +414,76 @@ class StompConsumer(AsyncWebsocketConsumer):
 
     async def _send_snapshot(self, sub: ClientSubscription) -> None:
         """Send what the database says now, then the events that arrived meanwhile (newer only)."""
-        for data in await database_sync_to_async(self._snapshot_data)(sub, list(sub.last_seq)):
-            self._send_event(sub, data)
-        await self._flush_pending_writes()
+        if sub.declared.snapshot is not None:
+            for data in await database_sync_to_async(self._read)(sub, sub.declared.snapshot, sub.parts):
+                self._send_event(sub, data)
+            await self._flush_pending_writes()
         sub.primed = True
         early, sub.early = sub.early, []
         for event in early:
-            self.mailbox.put((sub, event), self._key(sub, event), event.seq)
+            self.mailbox.put((sub, event), self._key(sub, event), self._rank(sub, event))
 
-    def _snapshot_data(self, sub: ClientSubscription, seen: list[str]) -> list[dict]:
-        """The database's view for ``sub`` (runs in a thread: ``seen`` is a copy of sub.last_seq)."""
-        from . import api
-
-        if sub.kind is Kind.NOTIFICATIONS:
-            if sub.destination != destinations.USER_NOTIFICATIONS:
-                return []  # the broadcast topic alone: nothing per user to resync
-            unread = api.recent(self.user, limit=SYNC_NOTIFICATIONS, unread_only=True)
-            return [
-                {
-                    "type": "notifications.sync",
-                    "unread": api.unread_count(self.user),
-                    "notifications": [n.to_event() for n in unread],
-                }
-            ]
-        from jobs.events import job_event
-        from jobs.models import Job
-
-        if sub.kind is Kind.JOB:
-            job = Job.objects.filter(pk=sub.job_id).first()
-            return [job_event(job)] if job is not None else []
-        active = Job.objects.filter(status__in=("READY", "RUNNING"))
-        if sub.kind is Kind.MY_JOBS:
-            active = active.filter(owner=self.user)
-        # Besides the running ones, jobs this subscription saw unfinished (a resync after an
-        # outage must show how they ended).
-        jobs = list(active.order_by("-enqueued_at")[:LIST_SNAPSHOT_LIMIT])
-        if seen:
-            known = {str(j.pk) for j in jobs}
-            extra = Job.objects.filter(pk__in=[j for j in seen if j not in known][-LIST_SNAPSHOT_LIMIT:])
-            if sub.kind is Kind.MY_JOBS:
-                extra = extra.filter(owner=self.user)
-            jobs.extend(extra)
-        return [job_event(job) for job in reversed(jobs)]
+    def _read(self, sub: ClientSubscription, read, extra: dict[str, Any]) -> list:
+        """A snapshot or resync callable's events as a list (in a thread), bounded by SNAPSHOT_LIMIT."""
+        result = read(self.user, **extra)
+        if result is None:
+            return []
+        if isinstance(result, dict):
+            return [result]
+        events = list(itertools.islice(result, SNAPSHOT_LIMIT + 1))
+        if len(events) > SNAPSHOT_LIMIT:
+            stats.snapshots_truncated += 1
+            logger.warning(
+                "%s sent its first %d messages to %s and left the rest out (SNAPSHOT_LIMIT)",
+                sub.destination, SNAPSHOT_LIMIT, self.user,
+            )
+            del events[SNAPSHOT_LIMIT:]
+        return events
 
     def hub_reconnected(self) -> None:
         """The hub is back after a broker outage: resend snapshots so browsers catch up."""
         if self.closing or not self.stomp_connected:
             return
-        asyncio.get_running_loop().create_task(self._resync())
+        since = _supervisor().resync_since()
+        asyncio.get_running_loop().create_task(self._resync(since))
 
-    async def _resync(self) -> None:
+    async def _resync(self, since: datetime | None) -> None:
         for sub in list(self.subs.values()):
-            if sub.active and sub.primed:
-                try:
-                    for data in await database_sync_to_async(self._snapshot_data)(sub, list(sub.last_seq)):
-                        if sub.active:
-                            self._send_event(sub, data)
-                except Exception:
-                    logger.exception("Resync of %s failed", sub.destination)
+            if not (sub.active and sub.primed):
+                continue
+            declared = sub.declared
+            try:
+                if declared.resync is not None:
+                    extra = {**sub.parts, "since": since, "pending": list(sub.unfinished)}
+                    events = await database_sync_to_async(self._read)(sub, declared.resync, extra)
+                elif declared.snapshot is not None:
+                    events = await database_sync_to_async(self._read)(sub, declared.snapshot, sub.parts)
+                else:
+                    continue
+            except Exception:
+                logger.exception("Resync of %s failed", sub.destination)
+                continue
+            if sub.active:
+                for data in events:
+                    self._send_event(sub, data)
         await self._flush_pending_writes()
 
     # ------------------------------------------------------------------ live events
 
     @staticmethod
     def _key(sub: ClientSubscription, event: Event) -> Any:
-        job_id = event.job_id
-        # Job events carry the whole state: a newer one replaces a pending older one.
-        return (id(sub), job_id) if job_id is not None else None
+        # Keyed events carry the whole state of their item: a newer one replaces a pending older one.
+        if sub.key is None or event.data is None:
+            return None
+        key = event.data.get(sub.key)
+        return (id(sub), key) if key is not None else None
+
+    @staticmethod
+    def _rank(sub: ClientSubscription, event: Event) -> int | None:
+        if sub.seq is None or event.data is None:
+            return None
+        seq = event.data.get(sub.seq)
+        return seq if isinstance(seq, int) else None
 
     def hub_event(self, event: Event) -> None:
         """Called by the hub on the event loop for every message of our broker destinations."""
@@ -519,20 +492,20 @@ class StompConsumer(AsyncWebsocketConsumer):
         for sub in self.by_broker.get(event.destination, ()):
             if not sub.active:
                 continue
-            if sub.kind is Kind.MY_JOBS and (event.data is None or event.data.get("owner_id") != self.user.pk):
+            if sub.filter is not None and (event.data is None or not sub.filter(self.user, event.data)):
                 continue
             if not sub.primed:
-                # Before the snapshot: keep only the latest event per job (bounded by MAX).
-                job_id = event.job_id
-                if job_id is not None:
-                    newer = [e for e in sub.early if e.job_id == job_id and (e.seq or 0) > (event.seq or 0)]
-                    if newer:
+                # Before the snapshot: keep only the latest event per item (bounded by MAILBOX_SIZE).
+                key = self._key(sub, event)
+                if key is not None:
+                    rank = self._rank(sub, event) or 0
+                    if any(self._key(sub, e) == key and (self._rank(sub, e) or 0) > rank for e in sub.early):
                         continue
-                    sub.early = [e for e in sub.early if e.job_id != job_id]
+                    sub.early = [e for e in sub.early if self._key(sub, e) != key]
                 if len(sub.early) < MAILBOX_SIZE:
                     sub.early.append(event)
                 continue
-            if not self.mailbox.put((sub, event), self._key(sub, event), event.seq):
+            if not self.mailbox.put((sub, event), self._key(sub, event), self._rank(sub, event)):
                 self._schedule_overflow()
                 return
 
@@ -563,16 +536,31 @@ class StompConsumer(AsyncWebsocketConsumer):
     # The frames of one flush are collected and sent in order by _flush_pending_writes; a list
     # keeps _send_event synchronous so the hub's fan-out path never awaits.
     def _send_event(self, sub: ClientSubscription, data: dict | None, event: Event | None = None) -> None:
-        if data is not None and data.get("type") == "job":
-            job_id = str(data.get("id"))
-            seq = data.get("seq")
-            if isinstance(seq, int):
-                last = sub.last_seq.get(job_id)
-                if last is not None and seq <= last:
-                    return  # the browser already has this state or a newer one
-                sub.last_seq[job_id] = seq
-                if len(sub.last_seq) > SEQ_MEMORY:
-                    sub.last_seq.pop(next(iter(sub.last_seq)))
+        if sub.key is not None and data is not None:
+            key = data.get(sub.key)
+            if key is not None:
+                if sub.seq is not None:
+                    seq = data.get(sub.seq)
+                    if isinstance(seq, int):
+                        last = sub.last_seq.get(key)
+                        if last is not None and seq <= last:
+                            return  # the browser already has this state or a newer one
+                        sub.last_seq[key] = seq
+                        if len(sub.last_seq) > SEQ_MEMORY:
+                            sub.last_seq.pop(next(iter(sub.last_seq)))
+                if sub.final is not None:
+                    if data.get(sub.final):
+                        sub.unfinished.pop(key, None)
+                    elif key not in sub.unfinished:
+                        sub.unfinished[key] = None
+                        if len(sub.unfinished) > SEQ_MEMORY:
+                            forgotten = next(iter(sub.unfinished))
+                            del sub.unfinished[forgotten]
+                            stats.pending_forgotten += 1
+                            logger.warning(
+                                "%s shows more than %d unfinished items; %s will not be re-read after a reconnect",
+                                sub.destination, SEQ_MEMORY, forgotten,
+                            )
         self.message_ids += 1
         if event is None:
             # ASCII JSON: its length in characters is its length in bytes.
@@ -683,24 +671,31 @@ class StompConsumer(AsyncWebsocketConsumer):
             intervals.append(self.expect_ms / 1000 / 2)
         return min(intervals)
 
-    def _apply_recheck(self, state: permissions.SessionState, allowed: bool) -> _Close | None:
+    def _recheck_entry(self) -> tuple[tuple, list[ClientSubscription]]:
+        """What a session re-check of this socket asks: (session, user, checks) and the
+        subscriptions those checks belong to, in order."""
+        subs = [s for s in self.subs.values() if s.active and s.check is not None]
+        checks = tuple((s.check[0], tuple(sorted(s.parts.items()))) for s in subs)
+        return (self.session_key, self.user.pk, checks), subs
+
+    def _apply_recheck(
+        self, state: permissions.SessionState, subs: list[ClientSubscription], allowed: list[bool]
+    ) -> _Close | None:
         if state.user is None:
             return _Close(f"Session ended ({state.reason}): log in again")
         self.user = state.user
-        permission_subs = [s for s in self.subs.values() if s.needs_permission and s.active]
-        if permission_subs and not allowed:
-            lost = ", ".join(s.destination for s in permission_subs)
-            return _Close(f"Permission withdrawn for {lost}", destination=permission_subs[0].destination)
+        lost = [sub for sub, ok in zip(subs, allowed) if not ok and sub.active]
+        if lost:
+            names = ", ".join(sub.destination for sub in lost)
+            return _Close(f"Permission withdrawn for {names}", destination=lost[0].destination)
         return None
 
     async def _recheck(self) -> bool:
         """Re-read session and permissions now (before acting on a SEND). False when it ended."""
         self.last_check = time.monotonic()
-        needs = any(s.needs_permission and s.active for s in self.subs.values())
-        [(state, allowed)] = await database_sync_to_async(permissions.session_states)(
-            [(self.session_key, self.user.pk, needs)]
-        )
-        close = self._apply_recheck(state, allowed)
+        entry, subs = self._recheck_entry()
+        [(state, allowed)] = await database_sync_to_async(permissions.session_states)([_unpacked(entry)])
+        close = self._apply_recheck(state, subs, allowed)
         if close is not None:
             await self._error_and_close(close)
             return False
@@ -751,13 +746,16 @@ class _Supervisor:
 
     Each tick: heart-beats go out where due, silent browsers are closed, and sockets due for
     their session re-check are checked together: one query for all their sessions, one for
-    their users (permissions only for users whose subscriptions depend on one).
+    their users, and each distinct permission check of their subscriptions once. It also notes
+    when the hub was last seen connected, which tells a resync after an outage where to start.
     """
 
     def __init__(self) -> None:
         self.consumers: set[StompConsumer] = set()
         self.task: asyncio.Task | None = None
         self.recheck_task: asyncio.Task | None = None
+        # Wall-clock time the hub was last seen connected, per connection (hub.stats.connects).
+        self.hub_seen: dict[int, float] = {}
 
     def add(self, consumer: StompConsumer) -> None:
         self.consumers.add(consumer)
@@ -769,6 +767,7 @@ class _Supervisor:
             tick = min((c._tick_wanted() for c in self.consumers), default=1.0)
             await asyncio.sleep(min(1.0, max(0.05, tick)))
             now = time.monotonic()
+            self._note_hub()
             due = []
             for consumer in list(self.consumers):
                 if consumer.closing:
@@ -793,25 +792,48 @@ class _Supervisor:
                 self.recheck_task = asyncio.get_running_loop().create_task(self._recheck(due))
 
     async def _recheck(self, consumers: list[StompConsumer]) -> None:
-        entries = [
-            (c.session_key, c.user.pk, any(s.needs_permission and s.active for s in c.subs.values()))
-            for c in consumers
-        ]
-        # Tabs of one browser share a session: each distinct (session, user, need) is checked
+        asked = [c._recheck_entry() for c in consumers]
+        # Tabs of one browser share a session: each distinct (session, user, checks) is asked
         # once (the check runs in a thread but holds the GIL the event loop needs).
-        unique = list(dict.fromkeys(entries))
+        unique = list(dict.fromkeys(entry for entry, _ in asked))
         try:
-            answers = dict(zip(unique, await database_sync_to_async(permissions.session_states)(unique)))
+            answers = dict(zip(unique, await database_sync_to_async(permissions.session_states)(
+                [_unpacked(entry) for entry in unique]
+            )))
         except Exception:
             logger.exception("Re-checking %d WebSocket sessions failed", len(consumers))
             return
-        results = [answers[entry] for entry in entries]
-        for consumer, (state, allowed) in zip(consumers, results):
+        for consumer, (entry, subs) in zip(consumers, asked):
             if consumer.closing:
                 continue
-            close = consumer._apply_recheck(state, allowed)
+            state, allowed = answers[entry]
+            close = consumer._apply_recheck(state, subs, allowed)
             if close is not None:
                 await consumer._error_and_close(close)
+
+    def _note_hub(self) -> None:
+        hub = current_hub()
+        if hub is not None and hub.connected:
+            generation = hub.stats.connects
+            self.hub_seen[generation] = time.time()
+            if len(self.hub_seen) > 4:
+                del self.hub_seen[min(self.hub_seen)]
+
+    def resync_since(self) -> datetime | None:
+        """Events written from this time on may have been missed in the hub's last outage: the
+        last time a previous connection was seen up, less RESYNC_MARGIN (None if never seen)."""
+        hub = current_hub()
+        if hub is None:
+            return None
+        earlier = [seen for generation, seen in self.hub_seen.items() if generation < hub.stats.connects]
+        if not earlier:
+            return None
+        return datetime.fromtimestamp(max(earlier) - RESYNC_MARGIN, tz=UTC)
+
+
+def _unpacked(entry: tuple) -> tuple:
+    session_key, user_id, checks = entry
+    return session_key, user_id, [(permission, dict(parts)) for permission, parts in checks]
 
 
 class _Flusher:

@@ -1,37 +1,29 @@
-"""STOMP destination names shared by the worker, the publisher, the hub and the WebSocket consumer.
+"""The notifications app's own live destinations, declared through notifications.live like any app's.
 
-Only what RabbitMQ, ActiveMQ and the embedded broker all share: /topic/ (publish-subscribe)
-and /queue/ (point to point), with dot-separated names (RabbitMQ routes /topic/ by routing key).
-Browsers see the same /topic/ names, guarded by the consumer, plus /user/queue/notifications
-(mapped to the logged-in user's topic) and /app/... (handled by the server, never relayed).
+Broker side: /topic/notifications.user.<id> (one user's) and /topic/notifications.broadcast
+(everyone's). Browsers subscribe to /user/queue/notifications (both, for the logged-in user; the
+first message is the unread state) or to the broadcast topic alone, and SEND to
+/app/notifications.read. Registered by NotificationsConfig.ready().
 """
 from __future__ import annotations
 
+from typing import Any
+
+from . import live
+
 __all__ = [
-    "JOBS_ALL",
-    "JOBS_WAKEUP",
     "NOTIFICATIONS_BROADCAST",
     "USER_NOTIFICATIONS",
-    "APP_JOB_CANCEL",
     "APP_NOTIFICATION_READ",
-    "job",
+    "SYNC_NOTIFICATIONS",
     "user_notifications",
-    "parse_job",
 ]
 
-JOBS_ALL = "/topic/jobs.all"  # every job event, for users with jobs.view_job
-JOBS_WAKEUP = "/topic/jobs.wakeup"  # a job was enqueued: workers poll now (body: queue name)
 NOTIFICATIONS_BROADCAST = "/topic/notifications.broadcast"  # every logged-in user
 USER_NOTIFICATIONS = "/user/queue/notifications"  # what a browser subscribes to for its own
-APP_JOB_CANCEL = "/app/jobs.cancel"  # browser SEND, body {"job": "<uuid>"}
 APP_NOTIFICATION_READ = "/app/notifications.read"  # browser SEND, body {"id": 12} or {"all": true}
-
-_JOB_PREFIX = "/topic/jobs."
-
-
-def job(job_id: object) -> str:
-    """The per-job topic, e.g. /topic/jobs.6f1c...-...."""
-    return f"{_JOB_PREFIX}{job_id}"
+# Unread notifications carried by the notifications.sync message.
+SYNC_NOTIFICATIONS = 20
 
 
 def user_notifications(user_id: object) -> str:
@@ -39,11 +31,38 @@ def user_notifications(user_id: object) -> str:
     return f"/topic/notifications.user.{user_id}"
 
 
-def parse_job(destination: str) -> str | None:
-    """The job id in a per-job destination, or None if it is not one."""
-    if not destination.startswith(_JOB_PREFIX):
-        return None
-    rest = destination[len(_JOB_PREFIX):]
-    if rest in {"all", "wakeup"} or not rest:
-        return None
-    return rest
+def _sync(user: Any) -> dict:
+    """{"type": "notifications.sync", "unread": n, "notifications": [unread ones, newest first]}."""
+    from . import api
+
+    unread = api.recent(user, limit=SYNC_NOTIFICATIONS, unread_only=True)
+    return {
+        "type": "notifications.sync",
+        "unread": api.unread_count(user),
+        "notifications": [n.to_event() for n in unread],
+    }
+
+
+live.subscription(
+    USER_NOTIFICATIONS,
+    topics=(user_notifications("{user_id}"), NOTIFICATIONS_BROADCAST),
+    snapshot=_sync,
+)
+# Broadcasts alone (also part of /user/queue/notifications): any logged-in user, nothing to resync.
+live.subscription(NOTIFICATIONS_BROADCAST)
+
+
+@live.handler(APP_NOTIFICATION_READ, body='{"id": 12}, {"ids": [12, 13]} or {"all": true}')
+def _mark_read(user: Any, body: Any) -> None:
+    ids: list | None
+    if isinstance(body, dict) and body.get("all") is True:
+        ids = None
+    elif isinstance(body, dict) and isinstance(body.get("id"), int):
+        ids = [body["id"]]
+    elif isinstance(body, dict) and isinstance(body.get("ids"), list) and all(isinstance(i, int) for i in body["ids"]):
+        ids = body["ids"]
+    else:
+        raise live.BadBody()
+    from . import api
+
+    api.mark_read(user, ids)

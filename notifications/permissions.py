@@ -1,86 +1,36 @@
-"""Who may see and do what over the WebSocket, decided from the Django session (sync; call via a thread).
+"""Is a WebSocket's session still valid, and do its subscriptions still pass their permission checks?
 
-The rules (issue 4): a logged-in user sees their own notifications and broadcasts, the jobs they
-own, and every job if they hold ``jobs.view_job``; they may cancel a job they own or any job with
-``jobs.change_job``. Anonymous users get nothing.
+Sync code (the consumer calls it in a thread). What each destination allows is declared by the
+app that owns it (notifications.live); this module re-reads sessions and users the way a new
+HTTP request would, and re-runs those permission callables, for many sockets at once.
 """
 from __future__ import annotations
 
-import enum
-import uuid
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from django.apps import apps
 from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model, load_backend
 from django.utils.crypto import constant_time_compare
 
-__all__ = [
-    "JobAccess",
-    "SessionState",
-    "job_access",
-    "can_view_all_jobs",
-    "can_cancel_job",
-    "session_state",
-    "session_states",
-    "VIEW_JOB",
-    "CHANGE_JOB",
-]
+__all__ = ["SessionState", "Check", "session_state", "session_states", "run_check"]
 
-VIEW_JOB = "jobs.view_job"
-CHANGE_JOB = "jobs.change_job"
+logger = logging.getLogger(__name__)
+
+# One permission check of one subscription: the callable and the destination's parts.
+Check = tuple[Callable[..., bool], dict[str, Any]]
 
 
-class JobAccess(enum.Enum):
-    """The answer to "may this user watch this job?"."""
+def run_check(user: Any, check: Check) -> bool:
+    """Run one permission callable; a Refused (or any False) is a no."""
+    from .live import Refused
 
-    OWNER = "owner"  # the user owns the job
-    PERMISSION = "permission"  # the user holds jobs.view_job
-    DENIED = "denied"  # the job exists, the user may not see it
-    UNKNOWN = "unknown"  # no such job (or not a job id at all)
-
-    @property
-    def allowed(self) -> bool:
-        return self in (JobAccess.OWNER, JobAccess.PERMISSION)
-
-
-def _job_model():
-    if not apps.is_installed("jobs"):
-        return None
-    return apps.get_model("jobs", "Job")
-
-
-def _authenticated(user: Any) -> bool:
-    return user is not None and getattr(user, "is_authenticated", False) and getattr(user, "is_active", True)
-
-
-def can_view_all_jobs(user: Any) -> bool:
-    return _authenticated(user) and user.has_perm(VIEW_JOB)
-
-
-def job_access(user: Any, job_id: str) -> tuple[JobAccess, Any]:
-    """(access, job or None) for a job id taken from a destination."""
-    Job = _job_model()
-    if Job is None or not _authenticated(user):
-        return JobAccess.UNKNOWN if Job is None else JobAccess.DENIED, None
+    permission, parts = check
     try:
-        pk = uuid.UUID(str(job_id))
-    except ValueError:
-        return JobAccess.UNKNOWN, None
-    job = Job.objects.filter(pk=pk).first()
-    if job is None:
-        return JobAccess.UNKNOWN, None
-    if job.owner_id is not None and job.owner_id == user.pk:
-        return JobAccess.OWNER, job
-    if user.has_perm(VIEW_JOB):
-        return JobAccess.PERMISSION, job
-    return JobAccess.DENIED, job
-
-
-def can_cancel_job(user: Any, job: Any) -> bool:
-    if not _authenticated(user):
+        return bool(permission(user, **parts))
+    except Refused:
         return False
-    return (job.owner_id is not None and job.owner_id == user.pk) or user.has_perm(CHANGE_JOB)
 
 
 @dataclass(frozen=True)
@@ -121,10 +71,13 @@ def session_state(session_key: str | None, user_id: Any) -> SessionState:
     return SessionState(user)
 
 
-def session_states(entries: list[tuple[str | None, Any, bool]]) -> list[tuple[SessionState, bool]]:
-    """session_state() for many sockets at once: [(session_key, user_id, needs_view_job)] ->
-    [(state, still_has_view_job)], in order, with one query for the sessions (database session
-    engine), one for the users, and a permission check only for users who need one.
+def session_states(entries: list[tuple[str | None, Any, list[Check]]]) -> list[tuple[SessionState, list[bool]]]:
+    """session_state() for many sockets at once, with their permission checks re-run.
+
+    [(session_key, user_id, [check, ...])] -> [(state, [still allowed, ...])], in order: one query
+    for the sessions (database session engine), one for the users, and each distinct
+    (user, permission, parts) run once. A check that fails unexpectedly is logged and counts as
+    allowed (a database hiccup must not close every socket); the next re-check runs it again.
     """
     from django.conf import settings
     from django.contrib.sessions.backends.db import SessionStore as DbSessionStore
@@ -147,26 +100,32 @@ def session_states(entries: list[tuple[str | None, Any, bool]]) -> list[tuple[Se
     wanted = {str(data.get(SESSION_KEY)) for data in sessions.values() if data.get(SESSION_KEY) is not None}
     user_model = get_user_model()
     users = {str(u.pk): u for u in user_model._default_manager.filter(pk__in=[w for w in wanted])} if wanted else {}
-    permission_cache: dict[str, bool] = {}
+    answers: dict[tuple, bool] = {}
     results = []
-    for key, user_id, needs_permission in entries:
+    for key, user_id, checks in entries:
         data = sessions.get(key or "", {})
         if str(data.get(SESSION_KEY)) != str(user_id):
-            results.append((SessionState(None, "logged out"), False))
+            results.append((SessionState(None, "logged out"), [False] * len(checks)))
             continue
         user = users.get(str(user_id))
         if user is None or not getattr(user, "is_active", True):
-            results.append((SessionState(None, "inactive"), False))
+            results.append((SessionState(None, "inactive"), [False] * len(checks)))
             continue
         if hasattr(user, "get_session_auth_hash"):
             stored = data.get(HASH_SESSION_KEY)
             if not stored or not constant_time_compare(stored, user.get_session_auth_hash()):
-                results.append((SessionState(None, "password changed"), False))
+                results.append((SessionState(None, "password changed"), [False] * len(checks)))
                 continue
-        allowed = False
-        if needs_permission:
-            if str(user_id) not in permission_cache:
-                permission_cache[str(user_id)] = user.has_perm(VIEW_JOB)
-            allowed = permission_cache[str(user_id)]
+        allowed = []
+        for check in checks:
+            permission, parts = check
+            answer_key = (str(user_id), permission, tuple(sorted(parts.items())))
+            if answer_key not in answers:
+                try:
+                    answers[answer_key] = run_check(user, check)
+                except Exception:
+                    logger.exception("Re-checking the permission %r for user %s failed", permission, user_id)
+                    answers[answer_key] = True
+            allowed.append(answers[answer_key])
         results.append((SessionState(user), allowed))
     return results

@@ -13,6 +13,7 @@ from channels.db import database_sync_to_async
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 
+from jobs import live as jobs_live
 from notifications import destinations
 from notifications import hub as hub_module
 from notifications.hub import Hub
@@ -253,7 +254,7 @@ async def test_subscriptions_per_connection_are_capped(live, alice):
 async def test_the_owner_gets_the_snapshot_of_their_job(live, alice):
     job = await database_sync_to_async(make_job)(alice, name="Alice's report")
     client = await connected_client(alice)
-    await client.subscribe(destinations.job(job.pk))
+    await client.subscribe(jobs_live.job(job.pk))
     event = await client.next_message()
     assert (event["type"], event["id"], event["seq"], event["status"], event["name"], event["owner_id"]) == (
         "job", str(job.pk), 0, "READY", "Alice's report", alice.pk,
@@ -264,7 +265,7 @@ async def test_the_owner_gets_the_snapshot_of_their_job(live, alice):
 async def test_another_users_job_is_refused_with_an_error_naming_it(live, alice, bob):
     job = await database_sync_to_async(make_job)(alice)
     client = await connected_client(bob)
-    await client.subscribe(destinations.job(job.pk))
+    await client.subscribe(jobs_live.job(job.pk))
     frame = await client.next_frame()
     assert (frame.command, frame.get("message"), frame.get("destination")) == (
         "ERROR", f"Not allowed to subscribe to /topic/jobs.{job.pk}", f"/topic/jobs.{job.pk}",
@@ -275,9 +276,9 @@ async def test_another_users_job_is_refused_with_an_error_naming_it(live, alice,
 async def test_another_users_job_events_never_reach_a_refused_client(live, worker, alice, bob):
     job = await database_sync_to_async(make_job)(alice)
     client = await connected_client(bob)
-    await client.subscribe(destinations.job(job.pk))
+    await client.subscribe(jobs_live.job(job.pk))
     assert (await client.next_frame()).command == "ERROR"
-    worker.publish(destinations.job(job.pk), await advance(job, status="RUNNING"))
+    worker.publish(jobs_live.job(job.pk), await advance(job, status="RUNNING"))
     await client.expect_closed()
     assert client.frames == []
 
@@ -285,7 +286,7 @@ async def test_another_users_job_events_never_reach_a_refused_client(live, worke
 async def test_a_user_with_view_job_sees_anyones_job(live, alice, staff):
     job = await database_sync_to_async(make_job)(alice)
     client = await connected_client(staff)
-    await client.subscribe(destinations.job(job.pk))
+    await client.subscribe(jobs_live.job(job.pk))
     assert (await client.next_message())["id"] == str(job.pk)
     await client.close()
 
@@ -293,10 +294,10 @@ async def test_a_user_with_view_job_sees_anyones_job(live, alice, staff):
 async def test_a_user_with_view_job_may_watch_all_jobs(live, worker, alice, staff):
     job = await database_sync_to_async(make_job)(alice)
     client = await connected_client(staff)
-    await client.subscribe(destinations.JOBS_ALL, receipt="sub-all")
+    await client.subscribe(jobs_live.JOBS_ALL, receipt="sub-all")
     snapshot = await client.next_message()
     assert (await client.next_control_frame()).command == "RECEIPT"
-    worker.publish(destinations.JOBS_ALL, await advance(job, status="RUNNING"))
+    worker.publish(jobs_live.JOBS_ALL, await advance(job, status="RUNNING"))
     live_event = await client.next_event(lambda e: e.get("id") == str(job.pk))
     assert [(snapshot["id"], snapshot["seq"]), (live_event["id"], live_event["seq"])] == [
         (str(job.pk), 0), (str(job.pk), 1),
@@ -306,7 +307,7 @@ async def test_a_user_with_view_job_may_watch_all_jobs(live, worker, alice, staf
 
 async def test_all_jobs_is_refused_without_view_job(live, alice):
     client = await connected_client(alice)
-    await client.subscribe(destinations.JOBS_ALL)
+    await client.subscribe(jobs_live.JOBS_ALL)
     frame = await client.next_frame()
     assert (frame.command, frame.get("message")) == ("ERROR", "Not allowed to subscribe to /topic/jobs.all")
     await client.expect_closed()
@@ -315,7 +316,7 @@ async def test_all_jobs_is_refused_without_view_job(live, alice):
 async def test_an_unknown_job_is_an_error_naming_the_destination(live, alice):
     missing = new_uuid()
     client = await connected_client(alice)
-    await client.subscribe(destinations.job(missing))
+    await client.subscribe(jobs_live.job(missing))
     frame = await client.next_frame()
     assert (frame.command, frame.get("message")) == ("ERROR", f"No such job: /topic/jobs.{missing}")
     await client.expect_closed()
@@ -332,15 +333,13 @@ async def test_another_users_notification_topic_is_refused(live, alice, bob):
 
 
 async def test_my_jobs_delivers_only_the_users_own_jobs(live, worker, alice, bob):
-    from notifications.consumers import USER_JOBS
-
     mine = await database_sync_to_async(make_job)(alice, name="mine")
     theirs = await database_sync_to_async(make_job)(bob, name="theirs")
     client = await connected_client(alice)
-    await client.subscribe(USER_JOBS)
+    await client.subscribe(jobs_live.USER_JOBS)
     assert (await client.next_message())["name"] == "mine"  # the snapshot: own active jobs
-    worker.publish(destinations.JOBS_ALL, await advance(theirs, status="RUNNING"))
-    worker.publish(destinations.JOBS_ALL, await advance(mine, status="RUNNING"))
+    worker.publish(jobs_live.JOBS_ALL, await advance(theirs, status="RUNNING"))
+    worker.publish(jobs_live.JOBS_ALL, await advance(mine, status="RUNNING"))
     ours = {str(mine.pk), str(theirs.pk)}
     events = await client.events_for(1.0, lambda e: e.get("id") in ours)
     assert [(e["name"], e["status"]) for e in events] == [("mine", "RUNNING")]
@@ -358,7 +357,7 @@ async def test_send_to_a_destination_the_server_does_not_handle_is_an_error(live
 async def test_the_owner_can_cancel_a_job_by_send(live, alice):
     job = await database_sync_to_async(make_job)(alice)
     client = await connected_client(alice)
-    await client.send("SEND", {"destination": destinations.APP_JOB_CANCEL, "receipt": "c1"}, json.dumps({"job": str(job.pk)}))
+    await client.send("SEND", {"destination": jobs_live.APP_JOB_CANCEL, "receipt": "c1"}, json.dumps({"job": str(job.pk)}))
     frame = await client.next_frame()
     assert (frame.command, frame.get("receipt-id")) == ("RECEIPT", "c1")
     await database_sync_to_async(job.refresh_from_db)()
@@ -369,7 +368,7 @@ async def test_the_owner_can_cancel_a_job_by_send(live, alice):
 async def test_cancelling_another_users_job_is_refused_and_changes_nothing(live, alice, bob):
     job = await database_sync_to_async(make_job)(alice)
     client = await connected_client(bob)
-    await client.send("SEND", {"destination": destinations.APP_JOB_CANCEL}, json.dumps({"job": str(job.pk)}))
+    await client.send("SEND", {"destination": jobs_live.APP_JOB_CANCEL}, json.dumps({"job": str(job.pk)}))
     frame = await client.next_frame()
     assert (frame.command, frame.get("message")) == ("ERROR", f"Not allowed to cancel job {job.pk}")
     await database_sync_to_async(job.refresh_from_db)()
@@ -379,7 +378,7 @@ async def test_cancelling_another_users_job_is_refused_and_changes_nothing(live,
 async def test_a_user_with_change_job_can_cancel_anyones_job(live, alice, staff):
     job = await database_sync_to_async(make_job)(alice)
     client = await connected_client(staff)
-    await client.send("SEND", {"destination": destinations.APP_JOB_CANCEL, "receipt": "c"}, json.dumps({"job": str(job.pk)}))
+    await client.send("SEND", {"destination": jobs_live.APP_JOB_CANCEL, "receipt": "c"}, json.dumps({"job": str(job.pk)}))
     assert (await client.next_frame()).command == "RECEIPT"
     await database_sync_to_async(job.refresh_from_db)()
     assert job.status == "CANCELLED"
@@ -388,7 +387,7 @@ async def test_a_user_with_change_job_can_cancel_anyones_job(live, alice, staff)
 
 async def test_a_cancel_without_a_job_id_is_an_error(live, alice):
     client = await connected_client(alice)
-    await client.send("SEND", {"destination": destinations.APP_JOB_CANCEL}, "[]")
+    await client.send("SEND", {"destination": jobs_live.APP_JOB_CANCEL}, "[]")
     frame = await client.next_frame()
     assert (frame.command, frame.get("message")) == ("ERROR", '/app/jobs.cancel needs a JSON body {"job": "<uuid>"}')
 
@@ -399,11 +398,11 @@ async def test_a_cancel_without_a_job_id_is_an_error(live, alice):
 async def test_a_job_subscription_gets_the_snapshot_then_live_events_in_order(live, worker, alice):
     job = await database_sync_to_async(make_job)(alice)
     client = await connected_client(alice)
-    await client.subscribe(destinations.job(job.pk), receipt="r")
+    await client.subscribe(jobs_live.job(job.pk), receipt="r")
     snapshot = await client.next_message()
     assert (await client.next_frame()).command == "RECEIPT"
-    worker.publish(destinations.job(job.pk), await advance(job, status="RUNNING"))
-    worker.publish(destinations.job(job.pk), await advance(job, progress_done=5, progress_total=10))
+    worker.publish(jobs_live.job(job.pk), await advance(job, status="RUNNING"))
+    worker.publish(jobs_live.job(job.pk), await advance(job, progress_done=5, progress_total=10))
     first, second = await client.next_message(), await client.next_message()
     assert [(e["seq"], e["status"], e["progress"]["done"]) for e in (snapshot, first, second)] == [
         (0, "READY", 0), (1, "RUNNING", 0), (2, "RUNNING", 5),
@@ -416,12 +415,12 @@ async def test_events_not_newer_than_what_was_sent_are_dropped(live, worker, ali
     stale = await advance(job, status="RUNNING")  # seq 1
     await advance(job, progress_done=3)  # seq 2: the snapshot will carry it
     client = await connected_client(alice)
-    await client.subscribe(destinations.job(job.pk))
+    await client.subscribe(jobs_live.job(job.pk))
     assert (await client.next_message())["seq"] == 2
-    worker.publish(destinations.job(job.pk), stale)
+    worker.publish(jobs_live.job(job.pk), stale)
     newer = await advance(job, progress_done=4)  # seq 3
-    worker.publish(destinations.job(job.pk), newer)
-    worker.publish(destinations.job(job.pk), stale)
+    worker.publish(jobs_live.job(job.pk), newer)
+    worker.publish(jobs_live.job(job.pk), stale)
     assert (await client.next_message())["seq"] == 3
     assert await client.nothing_more()
     await client.close()
@@ -430,11 +429,11 @@ async def test_events_not_newer_than_what_was_sent_are_dropped(live, worker, ali
 async def test_the_final_state_arrives_after_a_burst_of_progress(live, worker, alice):
     job = await database_sync_to_async(make_job)(alice, progress_total=60)
     client = await connected_client(alice)
-    await client.subscribe(destinations.job(job.pk))
+    await client.subscribe(jobs_live.job(job.pk))
     await client.next_message()
     for n in range(1, 60):
-        worker.publish(destinations.job(job.pk), await advance(job, progress_done=n))
-    worker.publish(destinations.job(job.pk), await advance(job, status="SUCCESSFUL", progress_done=60))
+        worker.publish(jobs_live.job(job.pk), await advance(job, progress_done=n))
+    worker.publish(jobs_live.job(job.pk), await advance(job, status="SUCCESSFUL", progress_done=60))
     seqs, last = [], None
     while last is None or not last["final"]:
         last = await client.next_message()
@@ -449,16 +448,16 @@ async def test_job_events_read_from_the_broker_together_all_reach_a_socket_that_
 
     job = await database_sync_to_async(make_job)(alice)
     client = await connected_client(alice)
-    await client.subscribe(destinations.job(job.pk))
+    await client.subscribe(jobs_live.job(job.pk))
     assert (await client.next_message())["seq"] == 0
     hub = hub_module.current_hub()
-    [broker_sub] = [s for s in hub._by_sub_id.values() if s.destination == destinations.job(job.pk)]
+    [broker_sub] = [s for s in hub._by_sub_id.values() if s.destination == jobs_live.job(job.pk)]
     events = [await advance(job, progress_done=n) for n in (1, 2, 3)]
     # Three MESSAGE frames handled in one go, as the hub does for the frames of one read.
     for n, event in enumerate(events):
         body = json.dumps(event).encode()
         hub._dispatch(Frame("MESSAGE", (
-            ("subscription", broker_sub.sub_id), ("destination", destinations.job(job.pk)),
+            ("subscription", broker_sub.sub_id), ("destination", jobs_live.job(job.pk)),
             ("message-id", f"m{n}"), ("content-type", "application/json"), ("content-length", str(len(body))),
         ), body))
     output = await client.comm.receive_output(5)
@@ -582,7 +581,7 @@ async def test_a_session_deleted_elsewhere_ends_the_subscriptions_at_the_next_re
 
 async def test_losing_view_job_ends_an_all_jobs_subscription(live, staff):
     client = await connected_client(staff)
-    await client.subscribe(destinations.JOBS_ALL, receipt="r")
+    await client.subscribe(jobs_live.JOBS_ALL, receipt="r")
     assert (await client.next_control_frame()).command == "RECEIPT"
     await database_sync_to_async(lambda: staff.user_permissions.clear())()
     frame = await client.next_control_frame(timeout=3)
@@ -598,7 +597,7 @@ async def test_a_send_after_logout_is_refused(live, alice):
     job = await database_sync_to_async(make_job)(alice)
     client = await connected_client(alice)
     await database_sync_to_async(lambda: Session.objects.all().delete())()
-    await client.send("SEND", {"destination": destinations.APP_JOB_CANCEL}, json.dumps({"job": str(job.pk)}))
+    await client.send("SEND", {"destination": jobs_live.APP_JOB_CANCEL}, json.dumps({"job": str(job.pk)}))
     frame = await client.next_frame()
     assert (frame.command, frame.get("message")) == ("ERROR", "Session ended (logged out): log in again")
     await database_sync_to_async(job.refresh_from_db)()

@@ -13,6 +13,7 @@ import pytest
 from channels.db import database_sync_to_async
 from django.contrib.auth import get_user_model
 
+from jobs import live as jobs_live
 from notifications import destinations
 from notifications import hub as hub_module
 from notifications.hub import Hub
@@ -41,7 +42,7 @@ async def _watch(alice, job) -> WsStomp:
     client = WsStomp(await database_sync_to_async(session_cookie)(alice))
     assert await client.open()
     assert (await client.connect()).command == "CONNECTED"
-    await client.subscribe(destinations.job(job.pk), receipt="r")
+    await client.subscribe(jobs_live.job(job.pk), receipt="r")
     assert (await client.next_message())["status"] == "READY"
     assert (await client.next_frame()).command == "RECEIPT"
     return client
@@ -78,7 +79,7 @@ async def test_a_job_that_finished_while_the_embedded_broker_was_down_shows_its_
     try:
         assert await worker.wait_connected(10)
         client = await _watch(alice, job)
-        worker.publish(destinations.job(job.pk), await _write(job, status="RUNNING", progress_done=3))
+        worker.publish(jobs_live.job(job.pk), await _write(job, status="RUNNING", progress_done=3))
         assert (await client.next_message())["progress"]["done"] == 3
 
         await asyncio.to_thread(broker.stop)
@@ -92,7 +93,7 @@ async def test_a_job_that_finished_while_the_embedded_broker_was_down_shows_its_
         # The late live copy of the same state is not shown twice.
         from jobs.events import job_event
 
-        worker.publish(destinations.job(job.pk), await database_sync_to_async(job_event)(job))
+        worker.publish(jobs_live.job(job.pk), await database_sync_to_async(job_event)(job))
         assert await client.nothing_more(0.5)
     finally:
         if client is not None:
@@ -122,8 +123,8 @@ async def test_events_published_after_a_broker_restart_reach_the_browser(setting
             while not (process_hub.connected and process_hub.stats.connects >= 2):
                 await asyncio.sleep(0.02)
         assert await worker.wait_connected(10)
-        worker.publish(destinations.job(job.pk), await _write(job, status="RUNNING", progress_done=5))
-        worker.publish(destinations.job(job.pk), await _write(job, status="SUCCESSFUL", progress_done=10))
+        worker.publish(jobs_live.job(job.pk), await _write(job, status="RUNNING", progress_done=5))
+        worker.publish(jobs_live.job(job.pk), await _write(job, status="SUCCESSFUL", progress_done=10))
         seen = await _until_final(client)
         assert [(e["status"], e["seq"]) for e in seen][-1] == ("SUCCESSFUL", 2)
     finally:
@@ -155,13 +156,13 @@ async def test_a_job_that_finished_during_an_external_broker_outage_shows_its_fi
     try:
         assert await worker.wait_connected(15)
         client = await _watch(alice, job)
-        worker.publish(destinations.job(job.pk), await _write(job, status="RUNNING", progress_done=3))
+        worker.publish(jobs_live.job(job.pk), await _write(job, status="RUNNING", progress_done=3))
         assert (await client.next_message())["progress"]["done"] == 3
 
         relay.refuse = True
         relay.cut()
         # Published while the web process is cut off: the broker drops it (no subscriber).
-        worker.publish(destinations.job(job.pk), await _write(job, status="SUCCESSFUL", progress_done=10))
+        worker.publish(jobs_live.job(job.pk), await _write(job, status="SUCCESSFUL", progress_done=10))
         await asyncio.sleep(0.5)
         relay.refuse = False
 
@@ -234,14 +235,14 @@ async def test_the_all_jobs_list_learns_how_a_job_ended_during_an_outage(setting
         assert await worker.wait_connected(10)
         assert await client.open()
         await client.connect()
-        await client.subscribe(destinations.JOBS_ALL)
+        await client.subscribe(jobs_live.JOBS_ALL)
         assert (await client.next_message())["status"] == "READY"  # the list snapshot: active jobs
-        worker.publish(destinations.JOBS_ALL, await _write(job, status="RUNNING"))
+        worker.publish(jobs_live.JOBS_ALL, await _write(job, status="RUNNING"))
         assert (await client.next_message())["status"] == "RUNNING"
 
         relay.refuse = True
         relay.cut()
-        worker.publish(destinations.JOBS_ALL, await _write(job, status="FAILED", error_type="x.Boom", error_message="boom"))
+        worker.publish(jobs_live.JOBS_ALL, await _write(job, status="FAILED", error_type="x.Boom", error_message="boom"))
         await asyncio.sleep(0.3)
         relay.refuse = False
 

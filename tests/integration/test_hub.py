@@ -218,7 +218,8 @@ async def test_job_events_and_wakeups_sent_by_code_in_a_web_process_use_its_hub_
     from asgiref.sync import sync_to_async
 
     from jobs import events
-    from notifications import destinations, hub as hub_module, publisher as publisher_module
+    from jobs import live as destinations
+    from notifications import hub as hub_module, publisher as publisher_module
 
     settings.NOTIFICATIONS = {**settings.NOTIFICATIONS, "BROKER_URL": via(relay, stomp_broker_url)}
     publisher_module._publisher = None

@@ -13,7 +13,7 @@ import stomp
 from jobs.events import job_event
 from jobs.models import Job
 from jobs.worker import Worker
-from notifications import destinations
+from jobs import live as destinations
 from notifications import publisher as publisher_module
 from notifications.conf import parse_broker_url
 from tests import jobs_tasks
