@@ -60,6 +60,16 @@ class BrokerConfig:
     max_transaction_bytes: int = 16 * 1024 * 1024
     # Subscriptions per connection.
     max_subscriptions: int = 1_000
+    # Client connections at once; past it a new one gets an ERROR and is closed (counted, and
+    # logged at most once per log_interval). None: the file-descriptor limit less a reserve
+    # for the broker's own files, so the process never runs out of descriptors mid-accept
+    # (where the event loop would reset clients without a word).
+    max_connections: int | None = None
+    # Raise the soft RLIMIT_NOFILE to the hard limit at start (Linux's usual soft limit, 1,024,
+    # caps a broker at about a thousand clients while the hard limit allows far more).
+    raise_fd_limit: bool = True
+    # Seconds between two log lines about the same kind of repeated refusal.
+    log_interval: float = 10.0
     # Seconds a new connection has to send its CONNECT frame.
     connect_timeout: float = 10.0
     # Seconds a frame has, from its first byte, to arrive whole: a client trickling a byte now
@@ -97,6 +107,8 @@ class BrokerStats:
     slow_consumers: int
     errors_sent: int
     producer_pauses: int
+    connections_refused: int
+    """Connections refused at max_connections (or the file-descriptor limit)."""
     memory_used: int
     """Bytes held for clients now: unfinished frames, transactions, queued messages, unsent output."""
     memory_refusals: int

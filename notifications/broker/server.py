@@ -241,6 +241,9 @@ class Connection(asyncio.Protocol):
         if broker.closing:
             transport.abort()
             return
+        if len(broker.connections) >= broker.max_connections:
+            broker.refuse_connection(self)
+            return
         broker.connections.add(self)
         broker.n_connections_total += 1
         # A client that never sends CONNECT is cut off like a silent one.
@@ -798,6 +801,30 @@ _HANDLERS: dict[str, Callable[[Connection, Frame], None]] = {
 }
 
 
+# Descriptors kept for the broker's own use (listening socket, event loop, data file, logs)
+# when the connection limit comes from the file-descriptor limit: 64, or an eighth of a low limit.
+FD_RESERVE = 64
+
+
+def raise_fd_limit() -> tuple[int, int] | None:
+    """Raise the soft RLIMIT_NOFILE to the hard limit; (soft now, soft before), None where unknown."""
+    try:
+        import resource
+    except ImportError:  # not a Unix
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:  # macOS caps it below an unlimited hard limit
+            logger.warning("Could not raise the file descriptor limit from %d to %d: %s", soft, target, exc)
+            return soft, soft
+        return target, soft
+    current = soft if soft != resource.RLIM_INFINITY else 1 << 20
+    return current, current
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -842,6 +869,10 @@ class Broker:
         self.n_producer_pauses = 0
         self.n_memory_refusals = 0
         self.n_frame_timeouts = 0
+        self.n_connections_refused = 0
+        self.max_connections = self.config.max_connections or 1 << 30  # set from the fd limit by start()
+        self._refusals_unlogged = 0
+        self._refusal_log_handle: asyncio.TimerHandle | None = None
         # The memory budget (config.max_memory): bytes of unfinished frames and transactions,
         # of queue messages (waiting or unacknowledged), and of unsent output as of each
         # connection's last write (stale until refreshed: refresh_output() before deciding).
@@ -885,6 +916,7 @@ class Broker:
                 restored += 1
             if restored:
                 logger.info("Restored %d queued messages from %s", restored, config.data_file)
+        self._set_connection_limit()
         if not config.users and not _is_loopback(config.host):
             logger.warning(
                 "The STOMP broker listens on %s with no users configured: anyone who can reach it can log in",
@@ -958,6 +990,10 @@ class Broker:
         if self._store is not None:
             self._store.close()
             self._store = None
+        if self._refusal_log_handle is not None:
+            self._refusal_log_handle.cancel()
+            self._refusal_log_handle = None
+            self._log_refusals()
         logger.info("STOMP broker on %s:%d closed", self.config.host, self._port)
         if self._closed is not None:
             self._closed.set()
@@ -977,10 +1013,54 @@ class Broker:
             slow_consumers=self.n_slow_consumers,
             errors_sent=self.n_errors_sent,
             producer_pauses=self.n_producer_pauses,
+            connections_refused=self.n_connections_refused,
             memory_used=self.memory_used(refresh=True),
             memory_refusals=self.n_memory_refusals,
             frame_timeouts=self.n_frame_timeouts,
         )
+
+    # --- connections and file descriptors -------------------------------------------------
+
+    def _set_connection_limit(self) -> None:
+        config = self.config
+        limit = raise_fd_limit() if config.raise_fd_limit else None
+        if limit is None:
+            return
+        soft, before = limit
+        if not config.max_connections:
+            self.max_connections = max(1, soft - min(FD_RESERVE, soft // 8))
+        raised = f" (raised from {before})" if before != soft else ""
+        logger.info("File descriptor limit %d%s: up to %d client connections", soft, raised, self.max_connections)
+
+    def refuse_connection(self, conn: Connection) -> None:
+        """A connection past max_connections: an ERROR, close, counted; logged at most once per interval."""
+        self.n_connections_refused += 1
+        message = f"Too many connections (the broker serves at most {self.max_connections})"
+        transport = conn.transport
+        conn.closing = True
+        transport.write(encode_frame(Frame("ERROR", (("message", message), ("content-type", "text/plain")), message.encode())))
+        # Closed at once, not lingering: under a flood, lingering sockets would hold descriptors.
+        transport.close()
+        if self._refusal_log_handle is None:
+            logger.warning(
+                "Refused a connection from %s: %d connections open, the most allowed%s; further refusals"
+                " are summed up every %g s",
+                conn.peer, len(self.connections), "" if self.config.max_connections else " by the file-descriptor limit",
+                self.config.log_interval,
+            )
+            self._refusal_log_handle = self.loop.call_later(self.config.log_interval, self._log_refusals)
+        else:
+            self._refusals_unlogged += 1
+
+    def _log_refusals(self) -> None:
+        self._refusal_log_handle = None
+        if self._refusals_unlogged:
+            logger.warning(
+                "Refused %d more connections in the last %g s (at most %d at once)",
+                self._refusals_unlogged, self.config.log_interval, self.max_connections,
+            )
+            self._refusals_unlogged = 0
+            self._refusal_log_handle = self.loop.call_later(self.config.log_interval, self._log_refusals)
 
     # --- the memory budget ----------------------------------------------------------------
 

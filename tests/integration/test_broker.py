@@ -1022,3 +1022,20 @@ def test_the_memory_in_use_comes_back_to_zero_when_clients_leave(start_broker, c
     while broker.stats().memory_used and time.monotonic() < deadline:
         time.sleep(0.05)
     assert broker.stats().memory_used == 0
+
+
+def test_connections_past_the_limit_get_an_error_and_are_counted_and_logged_once_per_period(start_broker, clients, caplog):
+    broker = start_broker(max_connections=2)
+    kept = [clients(broker.port) for _ in range(2)]
+    for _ in range(3):
+        refused = clients(broker.port, connect=None)
+        assert _error_message(refused) == "Too many connections (the broker serves at most 2)"
+        assert refused.closed()
+    assert broker.stats().connections_refused == 3
+    refusals = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Refused a connection")]
+    assert len(refusals) == 1, refusals
+    kept[0].close()
+    deadline = time.monotonic() + 5
+    while broker.stats().connections_current > 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    clients(broker.port)  # a place is free again

@@ -104,3 +104,49 @@ def test_connections_refused_at_the_frame_size_limit_leave_the_brokers_memory_fl
     grown = broker.rss_mib() - before
     # Each refused connection buffered 4 MiB: kept alive, 200 of them would be 800 MiB.
     assert grown < 64, f"RSS grew by {grown:.0f} MiB over 200 refused connections"
+
+
+def _low_fd_limit() -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, 256))
+
+
+def _first_frame(port: int) -> tuple[bytes, socket.socket | None]:
+    """The first frame's bytes (or the error a reset gave), and the socket while it is connected."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    data = b""
+    try:
+        sock.sendall(CONNECT)
+        while b"\x00" not in data and (chunk := sock.recv(4096)):
+            data += chunk
+    except OSError as exc:
+        data = f"{type(exc).__name__}: {exc}".encode()
+    if data.startswith(b"CONNECTED\n"):
+        return data, sock
+    sock.close()
+    return data, None
+
+
+def test_the_broker_raises_its_file_descriptor_limit_and_refuses_clients_past_it_with_an_error(broker_process):
+    broker = broker_process("--log-level", "INFO", preexec_fn=_low_fd_limit)
+    assert "File descriptor limit 256 (raised from 64)" in broker.log()
+    kept: list[socket.socket] = []
+    replies: list[bytes] = []
+    try:
+        for _ in range(300):
+            reply, sock = _first_frame(broker.port)
+            if sock is not None:
+                kept.append(sock)
+            else:
+                replies.append(reply)
+        # 256 descriptors, 32 kept in reserve for the broker itself: 224 clients.
+        assert len(kept) == 224
+        assert len(replies) == 76
+        assert all(b"message:Too many connections (the broker serves at most 224)\n" in r for r in replies), replies[:3]
+    finally:
+        for sock in kept:
+            sock.close()
+    log = broker.log()
+    # Rate-limited: the first refusal is logged at once, the rest summed up later.
+    assert log.count("Refused a connection from 127.0.0.1") == 1, log[-2000:]
