@@ -13,15 +13,18 @@ import asyncio
 import itertools
 import json
 import logging
+import ssl
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Protocol
 
-from . import conf
+from . import conf, connection
 from .codec import HEARTBEAT, Frame, FrameParser, Limits, StompError, encode_frame, negotiate_heartbeat, parse_heartbeat
+from .connection import BrokerState
 
 __all__ = [
     "Event",
@@ -40,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 # How long a subscriber waits for the broker's RECEIPT of its SUBSCRIBE before reading the
 # snapshot anyway (a reconnect resends snapshots, so a late subscription only delays events).
+# A receipt later than NOTIFICATIONS["RECEIPT_TIMEOUT"] ends the connection.
 SUBSCRIBE_RECEIPT_TIMEOUT = 5.0
 CONNECT_TIMEOUT = 5.0
 # How long the first subscriber of a new hub waits for its first connection.
@@ -47,6 +51,8 @@ FIRST_CONNECT_WAIT = 3.0
 # Messages published through the hub while the broker is away; the oldest go first past this
 # (every event also lives in the database, which is what clients resync from).
 PUBLISH_BUFFER = 1000
+# Messages published through the hub per RECEIPT asked (as the publisher's BATCH_SIZE).
+PUBLISH_BATCH = 200
 # Bytes waiting in the socket buffer beyond which the broker is considered stuck: the
 # connection is dropped and remade rather than growing memory without bound.
 MAX_WRITE_BUFFER = 4 * 1024 * 1024
@@ -181,8 +187,12 @@ class HubStats:
     unsubscribes_sent: int = 0
     messages_received: int = 0
     deliveries: int = 0
-    published: int = 0
+    published: int = 0  # SEND frames written (re-sends included)
+    publish_confirmed: int = 0  # messages a broker RECEIPT confirmed
+    publish_resent: int = 0  # messages written again after a connection ended before confirming them
     publish_dropped: int = 0
+    receipt_timeouts: int = 0  # connections ended because a RECEIPT did not come in time
+    connections_opened: int = 0  # TCP connections opened (connects plus refused or remade ones)
 
 
 @dataclass
@@ -222,6 +232,24 @@ def _parse_json(headers: tuple[tuple[str, str], ...], body: bytes) -> dict | Non
     return data if isinstance(data, dict) else None
 
 
+class _Refused(ConnectionError):
+    """The broker answered CONNECT with an ERROR frame."""
+
+
+class _Remake(Exception):
+    """The connection must be made again at once with a workaround (not an outage)."""
+
+
+@dataclass
+class _Awaited:
+    """A RECEIPT the hub waits for: a SUBSCRIBE's (``future``) or a batch of SENDs' (``seq``)."""
+
+    what: str
+    sent_at: float
+    future: asyncio.Future | None = None
+    seq: int = 0
+
+
 class Hub:
     """One STOMP connection for a whole process, shared by its WebSocket consumers.
 
@@ -229,46 +257,73 @@ class Hub:
     connection task; ``await subscribe(destination, listener)`` adds a listener (and waits for
     the broker's receipt of the first SUBSCRIBE, so a snapshot read afterwards misses nothing);
     ``unsubscribe()`` / ``unsubscribe_all()`` remove it; ``publish()`` sends (buffered while the
-    broker is away); ``await close()`` ends it (idempotent).
+    broker is away, re-sent until the broker confirmed it); ``await close()`` ends it (idempotent).
+
+    With several broker URLs the hub connects to the first that answers and moves to the next
+    when the one in use dies (then backs off once every one was tried). A RECEIPT that does not
+    come within ``receipt_timeout`` seconds ends the connection like a lost one.
     """
 
     def __init__(
         self,
-        url: conf.BrokerURL | str | None = None,
+        url: conf.BrokerURL | str | list | tuple | None = None,
         *,
         heartbeat_ms: int | None = None,
         reconnect_min: float | None = None,
         reconnect_max: float | None = None,
+        receipt_timeout: float | None = None,
         publish_buffer: int = PUBLISH_BUFFER,
         limits: Limits | None = None,
     ):
         if url is None:
-            url = conf.broker_url()
-        elif isinstance(url, str):
-            url = conf.parse_broker_url(url)
-        self.url: conf.BrokerURL = url
+            urls = conf.broker_urls()
+        elif isinstance(url, conf.BrokerURL):
+            urls = (url,)
+        elif isinstance(url, (list, tuple)) and all(isinstance(u, conf.BrokerURL) for u in url):
+            urls = tuple(url)
+        else:
+            urls = conf.parse_broker_urls(url)
+        self.urls: tuple[conf.BrokerURL, ...] = urls
         self.heartbeat_ms = conf.get("HEARTBEAT_MS") if heartbeat_ms is None else heartbeat_ms
         self.reconnect_min = conf.get("RECONNECT_MIN") if reconnect_min is None else reconnect_min
         self.reconnect_max = conf.get("RECONNECT_MAX") if reconnect_max is None else reconnect_max
+        self.receipt_timeout = float(conf.get("RECEIPT_TIMEOUT") if receipt_timeout is None else receipt_timeout)
         self.limits = limits or Limits()
         self.stats = HubStats()
         self.loop: asyncio.AbstractEventLoop | None = None
         self._thread_id: int | None = None
+        self._states = [BrokerState(u, self.heartbeat_ms) for u in urls]
+        self._index = 0  # the broker in use, or the next one to try
         self._subs: dict[str, _BrokerSubscription] = {}
         self._by_sub_id: dict[str, _BrokerSubscription] = {}
         self._ids = itertools.count(1)
-        self._receipts: dict[str, asyncio.Future] = {}
-        self._pending_publish: list[tuple[str, bytes, list[tuple[str, str]]]] = []
+        self._awaited: dict[str, _Awaited] = {}  # receipt id -> what waits for it, in sending order
+        # Publishing: _outbox is not written yet (the broker is away, or the batch is being
+        # gathered), _unconfirmed was written and waits for its batch's RECEIPT; both hold
+        # (seq, destination, body, headers) and together at most publish_buffer messages.
+        self._outbox: deque[tuple[int, str, bytes, list[tuple[str, str]]]] = deque()
+        self._unconfirmed: deque[tuple[int, str, bytes, list[tuple[str, str]]]] = deque()
+        self._publish_seq = itertools.count(1)
+        self._flush_scheduled = False
         self._publish_buffer = publish_buffer
+        self._drop_logged = False
         self._writer: asyncio.StreamWriter | None = None
         self._connected = asyncio.Event()
-        self._first_attempt = asyncio.Event()  # set once the first connection succeeded or failed
+        self._first_attempt = asyncio.Event()  # set once the first connection succeeded or every broker failed
         self._task: asyncio.Task | None = None
         self._closed = False
         self._last_write = 0.0
         self._session_error: str | None = None
+        self._established = False  # the current session got past CONNECTED (and workarounds)
+        self._version = "1.2"
+        self._routing_noted = False
 
     # ----------------------------------------------------------------- lifecycle
+
+    @property
+    def url(self) -> conf.BrokerURL:
+        """The broker in use (or the next one to try)."""
+        return self.urls[self._index]
 
     @property
     def connected(self) -> bool:
@@ -277,6 +332,11 @@ class Hub:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def unconfirmed(self) -> int:
+        """Messages published through the hub and not yet confirmed by a broker RECEIPT."""
+        return len(self._outbox) + len(self._unconfirmed)
 
     def start(self) -> None:
         """Start the connection task on the running loop (idempotent)."""
@@ -313,11 +373,7 @@ class Hub:
                 await self._task
             except (asyncio.CancelledError, Exception):
                 pass
-        self._drop_writer()
-        for future in self._receipts.values():
-            if not future.done():
-                future.set_result(False)
-        self._receipts.clear()
+        self._connection_ended()
 
     # ----------------------------------------------------------------- subscriptions
 
@@ -349,9 +405,11 @@ class Hub:
         ready = sub.ready
         if ready is not None and not ready.done():
             try:
-                await asyncio.wait_for(asyncio.shield(ready), SUBSCRIBE_RECEIPT_TIMEOUT)
+                await asyncio.wait_for(asyncio.shield(ready), min(SUBSCRIBE_RECEIPT_TIMEOUT, self.receipt_timeout))
             except TimeoutError:
-                logger.warning("No receipt for SUBSCRIBE %s within %.0f s", destination, SUBSCRIBE_RECEIPT_TIMEOUT)
+                # The receipt deadline ends the connection if it never comes (logged there);
+                # the listener resyncs after the reconnect.
+                logger.debug("No receipt for SUBSCRIBE %s yet; returning", destination)
 
     def unsubscribe(self, destination: str, listener: Listener) -> None:
         """Stop delivering ``destination`` to ``listener``; the last one out unsubscribes the broker."""
@@ -363,7 +421,9 @@ class Hub:
         del self._subs[destination]
         self._by_sub_id.pop(sub.sub_id, None)
         if self.connected:
-            self._write(Frame("UNSUBSCRIBE", (("id", sub.sub_id),)))
+            # The destination too: STOMP 1.1 and 1.2 need only the id, but StompServer (1.0)
+            # ignores an UNSUBSCRIBE without it and CoilMQ refuses one with an ERROR.
+            self._write(Frame("UNSUBSCRIBE", (("id", sub.sub_id), ("destination", destination))))
             self.stats.unsubscribes_sent += 1
 
     def unsubscribe_all(self, listener: Listener) -> None:
@@ -382,7 +442,7 @@ class Hub:
     def _send_subscribe(self, sub: _BrokerSubscription) -> asyncio.Future:
         receipt = f"hub-sub-{next(self._ids)}"
         future = self.loop.create_future()
-        self._receipts[receipt] = future
+        self._awaited[receipt] = _Awaited(f"SUBSCRIBE {sub.destination}", time.monotonic(), future=future)
         self._write(
             Frame(
                 "SUBSCRIBE",
@@ -395,21 +455,60 @@ class Hub:
     # ----------------------------------------------------------------- publishing
 
     def publish(self, destination: str, payload: dict | list | str | bytes, *, headers: dict | None = None) -> None:
-        """Send a message through this connection; buffered (bounded) while the broker is away.
+        """Send a message through this connection; buffered (bounded) while the broker is away,
+        and kept until the broker's RECEIPT confirms it (re-sent after a reconnect otherwise).
 
         Call on the hub's loop (use publish_threadsafe() from other threads). Never raises for
         a broker problem; raises TypeError for a payload that cannot be sent.
         """
         body, frame_headers = encode_payload(payload, headers)
         frame_headers = [("destination", destination), *frame_headers, ("content-length", str(len(body)))]
-        if self.connected:
-            self._write(Frame("SEND", tuple(frame_headers), body))
-            self.stats.published += 1
+        self._outbox.append((next(self._publish_seq), destination, body, frame_headers))
+        self._bound_publish_buffer()
+        if self.connected and not self._flush_scheduled:
+            # Written on the next turn of the loop, with everything else published in this one,
+            # so one RECEIPT confirms the whole batch.
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush_outbox)
+
+    def _bound_publish_buffer(self) -> None:
+        dropped = 0
+        while len(self._outbox) + len(self._unconfirmed) > self._publish_buffer:
+            # The oldest goes first: an unconfirmed one was sent once already, a pending one is
+            # superseded by newer events (every event also lives in the database).
+            (self._unconfirmed or self._outbox).popleft()
+            dropped += 1
+        if dropped:
+            self.stats.publish_dropped += dropped
+            if not self._drop_logged:
+                self._drop_logged = True
+                logger.warning(
+                    "STOMP hub: more than %d published messages wait for broker %s; dropping the oldest "
+                    "(counted in stats.publish_dropped; clients resync from the database)",
+                    self._publish_buffer, self.url,
+                )
+
+    def _flush_outbox(self) -> None:
+        """Write every pending SEND, asking a RECEIPT for each batch of PUBLISH_BATCH."""
+        self._flush_scheduled = False
+        if not self.connected:
             return
-        if len(self._pending_publish) >= self._publish_buffer:
-            self._pending_publish.pop(0)
-            self.stats.publish_dropped += 1
-        self._pending_publish.append((destination, body, frame_headers))
+        while self._outbox:
+            batch = [self._outbox.popleft() for _ in range(min(PUBLISH_BATCH, len(self._outbox)))]
+            last_seq = batch[-1][0]
+            receipt = f"hub-pub-{last_seq}"
+            for i, (seq, destination, body, headers) in enumerate(batch):
+                written = [*headers, ("receipt", receipt)] if i == len(batch) - 1 else headers
+                self._write(Frame("SEND", tuple(written), body))
+                self._unconfirmed.append((seq, destination, body, headers))
+                self.stats.published += 1
+            self._awaited[receipt] = _Awaited(f"{len(batch)} SEND frames", time.monotonic(), seq=last_seq)
+
+    def _confirm_published(self, seq: int) -> None:
+        unconfirmed = self._unconfirmed
+        while unconfirmed and unconfirmed[0][0] <= seq:
+            unconfirmed.popleft()
+            self.stats.publish_confirmed += 1
 
     # ----------------------------------------------------------------- connection
 
@@ -425,7 +524,8 @@ class Hub:
             logger.warning("STOMP broker %s is not reading; dropping the connection", self.url)
             transport.abort()
 
-    def _drop_writer(self) -> None:
+    def _connection_ended(self) -> None:
+        """Forget the connection: fail what waited for its receipts, queue the unconfirmed again."""
         writer, self._writer = self._writer, None
         self._connected.clear()
         if writer is not None:
@@ -433,86 +533,150 @@ class Hub:
                 writer.transport.abort()
             except Exception:
                 pass
+        for awaited in self._awaited.values():
+            if awaited.future is not None and not awaited.future.done():
+                awaited.future.set_result(False)
+        self._awaited.clear()
+        if self._unconfirmed:
+            self.stats.publish_resent += len(self._unconfirmed)
+            self._outbox.extendleft(reversed(self._unconfirmed))
+            self._unconfirmed.clear()
 
     async def _run(self) -> None:
         delay = self.reconnect_min
         outage_logged = False
+        tried = 0  # brokers tried since the last connection was lost (or since the start)
         while not self._closed:
+            state = self._states[self._index]
             started = time.monotonic()
             error = None
+            self._established = False
+            again_now = False
             try:
-                await self._session()
+                await self._session(state)
             except asyncio.CancelledError:
                 raise
+            except _Remake:
+                again_now = True
+            except _Refused as exc:
+                error = str(exc)
+                # Another host header to try at once? (may resolve a name: not on the loop)
+                again_now = await asyncio.to_thread(state.host_refused, str(exc))
             except (OSError, TimeoutError, StompError, ConnectionError) as exc:
                 error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             except Exception as exc:  # a bug must not end live delivery for the whole process
                 logger.exception("STOMP hub session failed")
                 error = type(exc).__name__
             finally:
-                self._first_attempt.set()
-                self._drop_writer()
-                for future in self._receipts.values():
-                    if not future.done():
-                        future.set_result(False)
-                self._receipts.clear()
+                self._connection_ended()
             if self._closed:
                 break
-            error = error or self._session_error or "connection closed"
+            if again_now:
+                continue
+            established = self._established
+            error = self._session_error or error or "connection closed"
             self._session_error = None
-            if time.monotonic() - started > 2 * self.reconnect_max:
-                delay = self.reconnect_min  # it was up for a while: this is a new outage
-                outage_logged = False
-            if not outage_logged:
-                logger.warning("STOMP hub lost the broker %s (%s); reconnecting", self.url, error)
+            lost = self.url
+            if len(self.urls) > 1:
+                self._index = (self._index + 1) % len(self.urls)
+            if established:
+                tried = 1
+                if time.monotonic() - started > 2 * self.reconnect_max:
+                    delay = self.reconnect_min  # it was up for a while: this is a new outage
+                    outage_logged = False
+            else:
+                tried += 1
+            if not outage_logged and (established or tried >= len(self.urls)):
+                then = f"; trying {self.url}" if len(self.urls) > 1 else "; reconnecting"
+                logger.warning("STOMP hub lost the broker %s (%s)%s", lost, error, then)
                 self.stats.outages += 1
                 outage_logged = True
+            if tried < len(self.urls):
+                continue  # the next broker at once
+            tried = 0
+            self._first_attempt.set()
             await asyncio.sleep(delay)
             delay = min(self.reconnect_max, max(delay * 2, self.reconnect_min))
 
-    async def _session(self) -> None:
-        url = self.url
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(url.host, url.port), CONNECT_TIMEOUT)
+    async def _open(self, url: conf.BrokerURL) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        context = connection.ssl_context(url)
+        self.stats.connections_opened += 1
+        try:
+            return await asyncio.wait_for(
+                asyncio.open_connection(
+                    url.host, url.port, ssl=context, server_hostname=url.host if context else None,
+                    ssl_handshake_timeout=CONNECT_TIMEOUT if context else None,
+                ),
+                CONNECT_TIMEOUT,
+            )
+        except ssl.SSLError as exc:
+            raise ConnectionError(connection.tls_error_text(url, exc)) from None
+
+    async def _session(self, state: BrokerState) -> None:
+        url = state.url
+        reader, writer = await self._open(url)
         self._writer = writer
         parser = FrameParser(self.limits)
-        connect_headers = [("accept-version", "1.2"), ("host", url.vhost or "/")]
+        host = state.host
+        offer = state.heartbeats
+        connect_headers = [("accept-version", "1.2"), ("host", host)]
         if url.login is not None:
             connect_headers.append(("login", url.login))
         if url.passcode is not None:
             connect_headers.append(("passcode", url.passcode))
-        connect_headers.append(("heart-beat", f"{self.heartbeat_ms},{self.heartbeat_ms}"))
+        connect_headers.append(("heart-beat", f"{offer[0]},{offer[1]}"))
         self._write(Frame("CONNECT", tuple(connect_headers)))
 
         connected = await asyncio.wait_for(self._read_connected(reader, parser), CONNECT_TIMEOUT)
+        if state.check_defect(connected.get("server"), "STOMP hub"):
+            self._write(Frame("DISCONNECT"))
+            raise _Remake()
         try:
             broker_hb = parse_heartbeat(connected.get("heart-beat", "0,0"))
         except ValueError:
             broker_hb = (0, 0)  # a broker that cannot say it beats is not held to it
-        send_ms, expect_ms = negotiate_heartbeat((self.heartbeat_ms, self.heartbeat_ms), broker_hb)
+        send_ms, expect_ms = negotiate_heartbeat(offer, broker_hb)
+        self._version = connected.get("version") or "1.0"
+        self._routing_noted = False
         self.stats.connects += 1
-        logger.info("STOMP hub connected to %s (heart-beat send %d ms, expect %d ms)", url, send_ms, expect_ms)
+        self._established = True
+        tls = None
+        ssl_object = writer.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            tls = f"TLS {ssl_object.version()}"
+        logger.info(
+            "STOMP hub connected to %s: %s", url,
+            connection.session_summary(
+                dict(connected.headers), host=state.host_accepted(), send_ms=send_ms, expect_ms=expect_ms, tls=tls
+            ),
+        )
 
-        # Resubscribe everything, flush what was published meanwhile, then wait for the receipts
+        # Resubscribe everything, send what was published meanwhile, then wait for the receipts
         # so listeners resync (read the database) only once the broker delivers again.
         futures = []
         for sub in list(self._subs.values()):
             sub.ready = self._send_subscribe(sub)
             futures.append(sub.ready)
-        pending, self._pending_publish = self._pending_publish, []
-        for destination, body, headers in pending:
-            self._write(Frame("SEND", tuple(headers), body))
-            self.stats.published += 1
         self._connected.set()
         self._first_attempt.set()
+        self._drop_logged = False
+        self._flush_outbox()
 
-        heartbeat_task = asyncio.create_task(self._heartbeat(send_ms)) if send_ms else None
+        tasks = [
+            asyncio.create_task(self._read_loop(reader, parser, expect_ms)),
+            asyncio.create_task(self._receipt_deadline()),
+        ]
+        if send_ms:
+            tasks.append(asyncio.create_task(self._heartbeat(send_ms)))
         resync_task = asyncio.create_task(self._resync_after(futures))
         try:
-            await self._read_loop(reader, parser, expect_ms)
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()  # raises what ended the connection
         finally:
-            for task in (heartbeat_task, resync_task):
-                if task is not None:
-                    task.cancel()
+            for task in (*tasks, resync_task):
+                task.cancel()
+            await asyncio.gather(*tasks, resync_task, return_exceptions=True)
 
     async def _read_connected(self, reader: asyncio.StreamReader, parser: FrameParser) -> Frame:
         while True:
@@ -526,7 +690,8 @@ class Hub:
                 if event.command == "CONNECTED":
                     return event
                 if event.command == "ERROR":
-                    raise ConnectionError(f"broker refused the connection: {event.get('message', '')}".strip())
+                    message = event.get("message", "") or event.body.decode("utf-8", "replace")[:200]
+                    raise _Refused(f"broker refused the connection: {message.strip()}")
                 raise ConnectionError(f"unexpected {event.command} frame before CONNECTED")
 
     async def _heartbeat(self, send_ms: int) -> None:
@@ -536,12 +701,23 @@ class Hub:
             if time.monotonic() - self._last_write >= interval / 2:
                 self._write(None)
 
+    async def _receipt_deadline(self) -> None:
+        """End the connection when a RECEIPT is late: a broker that stopped processing (CoilMQ
+        after a heart-beat, a stuck node) must not hold subscriptions and events forever."""
+        timeout = self.receipt_timeout
+        while True:
+            await asyncio.sleep(min(1.0, timeout / 4))
+            if not self._awaited:
+                continue
+            oldest = next(iter(self._awaited.values()))
+            late = time.monotonic() - oldest.sent_at
+            if late > timeout:
+                self.stats.receipt_timeouts += 1
+                raise ConnectionError(f"no RECEIPT for {oldest.what} within {timeout:g} s")
+
     async def _resync_after(self, futures: list[asyncio.Future]) -> None:
-        if futures:
-            try:
-                await asyncio.wait_for(asyncio.gather(*futures), SUBSCRIBE_RECEIPT_TIMEOUT)
-            except TimeoutError:
-                logger.warning("Broker did not confirm %d resubscriptions in time", len(futures))
+        if futures and not all(await asyncio.gather(*futures)):
+            return  # the connection ended first: the next one resyncs
         listeners: dict[int, Listener] = {}
         for sub in self._subs.values():
             listeners.update(sub.listeners)
@@ -570,7 +746,22 @@ class Hub:
         command = frame.command
         if command == "MESSAGE":
             self.stats.messages_received += 1
-            sub = self._by_sub_id.get(frame.get("subscription", ""))
+            # A `receipt` header on a MESSAGE (StompServer and CoilMQ copy the sender's) is not
+            # ours to act on: only RECEIPT frames confirm anything.
+            sub_id = frame.get("subscription")
+            if sub_id is not None:
+                sub = self._by_sub_id.get(sub_id)
+            else:
+                # STOMP 1.0 does not require the header: one broker subscription per destination
+                # makes the destination as good a key.
+                sub = self._subs.get(frame.get("destination", ""))
+                if not self._routing_noted:
+                    self._routing_noted = True
+                    if self._version != "1.0":
+                        logger.info(
+                            "STOMP broker %s sends MESSAGE frames without a subscription header; routing them by destination",
+                            self.url,
+                        )
             if sub is None:
                 return  # unsubscribed meanwhile
             event = Event(
@@ -586,9 +777,13 @@ class Hub:
                 except Exception:
                     logger.exception("A hub listener failed on a message for %s", sub.destination)
         elif command == "RECEIPT":
-            future = self._receipts.pop(frame.get("receipt-id", ""), None)
-            if future is not None and not future.done():
-                future.set_result(True)
+            awaited = self._awaited.pop(frame.get("receipt-id", ""), None)
+            if awaited is None:
+                return
+            if awaited.future is not None and not awaited.future.done():
+                awaited.future.set_result(True)
+            if awaited.seq:
+                self._confirm_published(awaited.seq)
         elif command == "ERROR":
             message = frame.get("message", "") or frame.body.decode("utf-8", "replace")[:200]
             raise ConnectionError(f"broker sent ERROR: {message}")

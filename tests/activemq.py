@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 from pathlib import Path
+
+from tests.processes import start_listening, stop
+
+__all__ = ["ACTIVEMQ_HOME", "missing", "command", "start", "stop"]
 
 ACTIVEMQ_HOME = Path("/usr/share/activemq")
 
@@ -57,26 +60,4 @@ def command(base: Path, port: int, name: str = "tests") -> list[str]:
 
 def start(base: Path, port: int, timeout: float = 90.0, name: str = "tests") -> subprocess.Popen:
     """Start ActiveMQ and return once its STOMP port accepts connections (its log: base/activemq.log)."""
-    from tests.conftest import port_open
-
-    log = (base / "activemq.log").open("wb")
-    proc = subprocess.Popen(command(base, port, name), stdout=log, stderr=subprocess.STDOUT, cwd=base)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"ActiveMQ exited with {proc.returncode}; see {base / 'activemq.log'}")
-        if port_open("127.0.0.1", port):
-            return proc
-        time.sleep(0.1)
-    stop(proc)
-    raise RuntimeError(f"ActiveMQ did not listen on 127.0.0.1:{port} within {timeout:.0f} s; see {base / 'activemq.log'}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    return start_listening("ActiveMQ", command(base, port, name), port, base / "activemq.log", cwd=base, timeout=timeout)

@@ -63,13 +63,60 @@ def activemq_stomp_url(tmp_path_factory) -> str:
         activemq.stop(proc)
 
 
+@pytest.fixture(scope="session")
+def stompserver_stomp_url(tmp_path_factory) -> str:
+    """stomp:// URL of Debian's StompServer (STOMP 1.0) this test session starts on a free port."""
+    from tests import stompserver
+
+    why = stompserver.missing()
+    if why is not None:
+        service_missing(why)
+    port = free_port()
+    proc = stompserver.start(tmp_path_factory.mktemp("stompserver"), port)
+    try:
+        yield f"stomp://127.0.0.1:{port}"
+    finally:
+        stompserver.stop(proc)
+
+
+@pytest.fixture(scope="session")
+def coilmq_stomp_url(tmp_path_factory) -> str:
+    """stomp:// URL of a CoilMQ this test session starts on a free port."""
+    from tests import coilmq
+
+    why = coilmq.missing()
+    if why is not None:
+        service_missing(why)
+    port = free_port()
+    proc = coilmq.start(tmp_path_factory.mktemp("coilmq"), port)
+    try:
+        yield f"stomp://127.0.0.1:{port}"
+    finally:
+        coilmq.stop(proc)
+
+
+def _broker_url(request, name: str) -> str:
+    if name == "embedded":
+        return request.getfixturevalue("embedded_broker").url
+    return request.getfixturevalue(f"{name}_stomp_url")
+
+
 @pytest.fixture(params=["embedded", "rabbitmq", "activemq"])
 def stomp_broker_url(request) -> str:
     """A real STOMP broker URL: each test using it runs on the embedded broker, on RabbitMQ's
     STOMP plugin and on ActiveMQ (the three brokers the product supports unchanged)."""
-    if request.param == "embedded":
-        return request.getfixturevalue("embedded_broker").url
-    return request.getfixturevalue(f"{request.param}_stomp_url")
+    return _broker_url(request, request.param)
+
+
+# Every broker the hub and the publisher are tested on: the three above, plus StompServer (STOMP 1.0:
+# no subscription header, no heart-beats) and CoilMQ (a host header check, a heart-beat defect).
+EVERY_BROKER = ["embedded", "rabbitmq", "activemq", "stompserver", "coilmq"]
+
+
+@pytest.fixture(params=EVERY_BROKER)
+def every_stomp_broker_url(request) -> str:
+    """A plain stomp://127.0.0.1:PORT URL (RabbitMQ's with its login) of each broker in EVERY_BROKER."""
+    return _broker_url(request, request.param)
 
 
 @pytest.fixture(scope="session")

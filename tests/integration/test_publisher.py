@@ -28,9 +28,9 @@ LOGGER = "notifications.publisher"
 
 
 @pytest.fixture
-def broker_url(stomp_broker_url) -> str:
-    """A real broker: each test runs on the embedded broker and on RabbitMQ."""
-    return stomp_broker_url
+def broker_url(every_stomp_broker_url) -> str:
+    """A real broker: each test runs on every broker of tests.conftest.EVERY_BROKER."""
+    return every_stomp_broker_url
 
 
 def with_credentials(url: str, port: int) -> str:
@@ -120,17 +120,35 @@ class Relay:
             t.join(2)
 
 
+def stomppy_connection(url: str, listener) -> stomp.Connection12:
+    """A plain stomp.py connection to the broker at ``url``, the checking side of these tests.
+
+    The host header is the URL's virtual host if it has one; else "/" (RabbitMQ's default
+    virtual host), then this machine's name (CoilMQ accepts only that; on loopback the broker's
+    machine is this one). No heart-beats, so CoilMQ's heart-beat defect stays out of the way.
+    """
+    parsed = parse_broker_url(url)
+    refused = []
+    for host in [parsed.vhost] if parsed.vhost else ["/", socket.getfqdn()]:
+        conn = stomp.Connection12([(parsed.host, parsed.port)], vhost=host, auto_decode=False)
+        conn.set_listener("collect", listener)
+        try:
+            conn.connect(parsed.login, parsed.passcode, wait=True, with_connect_command=True)
+            return conn
+        except stomp.exception.ConnectFailedException as exc:
+            refused.append(f"host {host!r}: {exc}")
+            conn.disconnect()
+    raise AssertionError(f"the broker at {url} refused every host header: {refused}")
+
+
 class Subscriber:
     """A plain stomp.py client, straight to the broker, collecting one destination's messages."""
 
     def __init__(self, url: str, destination: str):
-        parsed = parse_broker_url(url)
         self.messages: list[tuple[dict, bytes]] = []
         self._cond = threading.Condition()
         self._receipt = threading.Event()
-        self.conn = stomp.Connection12([(parsed.host, parsed.port)], vhost=parsed.vhost or "/", auto_decode=False)
-        self.conn.set_listener("collect", self)
-        self.conn.connect(parsed.login, parsed.passcode, wait=True, with_connect_command=True)
+        self.conn = stomppy_connection(url, self)
         self.conn.subscribe(destination, id="s1", ack="auto", headers={"receipt": "subscribed"})
         assert self._receipt.wait(5), "no RECEIPT for SUBSCRIBE"
 
