@@ -28,6 +28,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+# CoilMQ reads 4,096 bytes at a time (coilmq/server/socket_server.py): a window under that keeps
+# every frame whole in one read.
+COILMQ_WINDOW = 3_500
+
 
 @dataclass(frozen=True)
 class KnownDefect:
@@ -36,6 +40,9 @@ class KnownDefect:
     broker: str  # how the broker names itself, e.g. "coilmq/1.1.0"
     reason: str
     workaround: str
+    no_heartbeats: bool = False  # send it none (a ``heartbeat`` option in the URL overrides)
+    # Bytes of frames sent before waiting for a RECEIPT, for a broker that cannot take more at once.
+    max_unconfirmed_bytes: int | None = None
 
 
 def known_defect(server: str | None) -> KnownDefect | None:
@@ -43,13 +50,21 @@ def known_defect(server: str | None) -> KnownDefect | None:
 
     CoilMQ (every release up to 1.1.0, the latest) stops reading a connection at the first
     heart-beat it receives (a bare newline): every frame after it is ignored, RECEIPTs never
-    come and messages are lost. Its own heart-beats to us work, so we keep expecting those.
+    come and messages are lost. Its own heart-beats to us work, so we keep expecting those. It
+    also reads in 4 KiB chunks and drops the connection when a frame's headers or final NUL
+    fall in the next chunk, so more than 4 KiB sent at once breaks it: we send at most
+    COILMQ_WINDOW bytes before waiting for a RECEIPT.
     """
     if server and server.strip().lower().startswith("coilmq"):
         return KnownDefect(
             broker=server.strip(),
-            reason="it stops reading a connection at the first heart-beat a client sends",
-            workaround="sending it no heart-beats (its own are still expected)",
+            reason=(
+                "it stops reading a connection at the first heart-beat a client sends, and drops one "
+                "when a frame straddles two of its 4 KiB reads"
+            ),
+            workaround=f"sending it no heart-beats (its own are still expected) and at most {COILMQ_WINDOW} bytes per RECEIPT",
+            no_heartbeats=True,
+            max_unconfirmed_bytes=COILMQ_WINDOW,
         )
     return None
 
@@ -168,10 +183,17 @@ class BrokerState:
     @property
     def heartbeats(self) -> tuple[int, int]:
         """(send, expect) milliseconds to offer in CONNECT for this broker."""
-        interval = self.url.heartbeat_ms if self.url.heartbeat_ms is not None else self.default_heartbeat_ms
-        if self.defect is not None:
+        if self.url.heartbeat_ms is not None:
+            return self.url.heartbeat_ms, self.url.heartbeat_ms
+        interval = self.default_heartbeat_ms
+        if self.defect is not None and self.defect.no_heartbeats:
             return 0, interval
         return interval, interval
+
+    @property
+    def window(self) -> int | None:
+        """At most this many bytes of frames before waiting for a RECEIPT (None: no limit)."""
+        return self.defect.max_unconfirmed_bytes if self.defect is not None else None
 
     def check_defect(self, server: str | None, client: str) -> bool:
         """Recognise a known defect from the CONNECTED frame's ``server`` header. True if this
@@ -181,15 +203,19 @@ class BrokerState:
         if defect is None:
             self.defect = None  # another broker now answers at this address
             return False
-        if self.defect is not None or self.url.heartbeat_ms is not None or self.default_heartbeat_ms == 0:
-            return False  # already worked around, overridden by the URL, or no heart-beats to send anyway
+        if self.defect is not None:
+            return False  # already worked around
+        offered = self.heartbeats
         self.defect = defect
         logger.warning(
-            "%s: the broker at %s is %s, which has a known defect: %s. Working around it by %s "
-            "(heartbeat=N in the broker URL overrides this).",
+            "%s: the broker at %s is %s, which has a known defect: %s. Working around it by %s%s.",
             client, self.url, defect.broker, defect.reason, defect.workaround,
+            "" if not defect.no_heartbeats
+            else " (the URL's heartbeat option keeps heart-beats on, as it asks)" if self.url.heartbeat_ms is not None
+            else " (heartbeat=N in the broker URL overrides the heart-beat part)",
         )
-        return True
+        # Heart-beats offered in this CONNECT that the workaround takes back: connect again.
+        return offered[0] > 0 and self.heartbeats[0] == 0
 
 
 def session_summary(headers: Mapping[str, str], *, host: str, send_ms: int, expect_ms: int, tls: str | None) -> str:

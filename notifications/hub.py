@@ -201,6 +201,7 @@ class _BrokerSubscription:
     destination: str
     listeners: dict[int, Listener] = field(default_factory=dict)
     ready: asyncio.Future | None = None  # resolved when the broker confirmed the SUBSCRIBE
+    session: int = 0  # the connection (Hub._session_id) it was last subscribed on
 
 
 def encode_payload(payload: dict | list | str | bytes, headers: dict | None = None) -> tuple[bytes, list[tuple[str, str]]]:
@@ -317,6 +318,8 @@ class Hub:
         self._established = False  # the current session got past CONNECTED (and workarounds)
         self._version = "1.2"
         self._routing_noted = False
+        self._window: int | None = None  # bytes per RECEIPT for a broker with a known defect
+        self._session_id = 0  # counts connections, so a subscription knows which one it is on
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -420,7 +423,7 @@ class Hub:
             return
         del self._subs[destination]
         self._by_sub_id.pop(sub.sub_id, None)
-        if self.connected:
+        if self.connected and sub.session == self._session_id:  # else not subscribed on this connection
             # The destination too: STOMP 1.1 and 1.2 need only the id, but StompServer (1.0)
             # ignores an UNSUBSCRIBE without it and CoilMQ refuses one with an ERROR.
             self._write(Frame("UNSUBSCRIBE", (("id", sub.sub_id), ("destination", destination))))
@@ -442,6 +445,8 @@ class Hub:
     def _send_subscribe(self, sub: _BrokerSubscription) -> asyncio.Future:
         receipt = f"hub-sub-{next(self._ids)}"
         future = self.loop.create_future()
+        sub.ready = future
+        sub.session = self._session_id
         self._awaited[receipt] = _Awaited(f"SUBSCRIBE {sub.destination}", time.monotonic(), future=future)
         self._write(
             Frame(
@@ -489,12 +494,24 @@ class Hub:
                 )
 
     def _flush_outbox(self) -> None:
-        """Write every pending SEND, asking a RECEIPT for each batch of PUBLISH_BATCH."""
+        """Write every pending SEND, asking a RECEIPT for each batch of PUBLISH_BATCH (for a
+        broker with a byte window, one window's worth once nothing else awaits a RECEIPT)."""
         self._flush_scheduled = False
         if not self.connected:
             return
+        window = self._window
         while self._outbox:
-            batch = [self._outbox.popleft() for _ in range(min(PUBLISH_BATCH, len(self._outbox)))]
+            if window is None:
+                batch = [self._outbox.popleft() for _ in range(min(PUBLISH_BATCH, len(self._outbox)))]
+            else:
+                if self._awaited:
+                    return  # sent again once the RECEIPTs are in (see _dispatch)
+                batch, size = [], 0
+                while self._outbox and len(batch) < PUBLISH_BATCH:
+                    size += 64 + len(self._outbox[0][2]) + sum(len(k) + len(v) + 2 for k, v in self._outbox[0][3])
+                    if batch and size > window:
+                        break
+                    batch.append(self._outbox.popleft())
             last_seq = batch[-1][0]
             receipt = f"hub-pub-{last_seq}"
             for i, (seq, destination, body, headers) in enumerate(batch):
@@ -638,6 +655,7 @@ class Hub:
         send_ms, expect_ms = negotiate_heartbeat(offer, broker_hb)
         self._version = connected.get("version") or "1.0"
         self._routing_noted = False
+        self._window = state.window
         self.stats.connects += 1
         self._established = True
         tls = None
@@ -651,24 +669,22 @@ class Hub:
             ),
         )
 
-        # Resubscribe everything, send what was published meanwhile, then wait for the receipts
-        # so listeners resync (read the database) only once the broker delivers again.
-        futures = []
-        for sub in list(self._subs.values()):
-            sub.ready = self._send_subscribe(sub)
-            futures.append(sub.ready)
+        # Renew every subscription before anything else is sent (a broker with a byte window
+        # gets them a window at a time, from _resubscribe).
+        self._session_id += 1
+        subs = list(self._subs.values())
+        futures = [] if self._window is not None else [self._send_subscribe(sub) for sub in subs]
         self._connected.set()
         self._first_attempt.set()
         self._drop_logged = False
         self._flush_outbox()
-
+        resync_task = asyncio.create_task(self._resubscribe(futures, subs if self._window is not None else []))
         tasks = [
             asyncio.create_task(self._read_loop(reader, parser, expect_ms)),
             asyncio.create_task(self._receipt_deadline()),
         ]
         if send_ms:
             tasks.append(asyncio.create_task(self._heartbeat(send_ms)))
-        resync_task = asyncio.create_task(self._resync_after(futures))
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
@@ -715,7 +731,23 @@ class Hub:
                 self.stats.receipt_timeouts += 1
                 raise ConnectionError(f"no RECEIPT for {oldest.what} within {timeout:g} s")
 
-    async def _resync_after(self, futures: list[asyncio.Future]) -> None:
+    async def _resubscribe(self, futures: list[asyncio.Future], windowed: list[_BrokerSubscription]) -> None:
+        """Renew the ``windowed`` subscriptions a window at a time (a broker with a byte window),
+        then wait for every receipt so listeners resync (read the database) only once the
+        broker delivers again."""
+        group: list[asyncio.Future] = []
+        size = 0
+        for sub in windowed:
+            if self._subs.get(sub.destination) is not sub:
+                continue  # unsubscribed while an earlier group was confirmed
+            futures.append(self._send_subscribe(sub))
+            group.append(futures[-1])
+            size += 96 + len(sub.destination)
+            if size > self._window // 2:
+                if not all(await asyncio.gather(*group)):
+                    return
+                group, size = [], 0
+        self._flush_outbox()
         if futures and not all(await asyncio.gather(*futures)):
             return  # the connection ended first: the next one resyncs
         listeners: dict[int, Listener] = {}
@@ -784,6 +816,8 @@ class Hub:
                 awaited.future.set_result(True)
             if awaited.seq:
                 self._confirm_published(awaited.seq)
+            if self._window is not None and not self._awaited and self._outbox:
+                self._flush_outbox()
         elif command == "ERROR":
             message = frame.get("message", "") or frame.body.decode("utf-8", "replace")[:200]
             raise ConnectionError(f"broker sent ERROR: {message}")

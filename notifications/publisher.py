@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import socket
+import ssl
 import threading
 import time
 from collections import deque
@@ -40,6 +41,8 @@ from typing import Any
 import stomp
 
 from notifications import conf
+from notifications.codec import negotiate_heartbeat, parse_heartbeat
+from notifications.connection import BrokerState, session_summary, tls_error_text
 
 __all__ = [
     "publish",
@@ -66,7 +69,7 @@ MAX_IN_FLIGHT = 2_000
 POISON_AFTER_ERRORS = 3
 # Destination prefixes every supported broker shares (DESIGN.md, principle 4).
 DESTINATION_PREFIXES = ("/topic/", "/queue/")
-# How long one connection attempt (TCP connect plus the CONNECTED frame) may take.
+# How long one connection attempt (TCP connect, TLS handshake, the CONNECTED frame) may take.
 CONNECT_TIMEOUT = 3.0
 # At interpreter exit, wait this long for buffered messages to reach the broker.
 ATEXIT_FLUSH_TIMEOUT = 2.0
@@ -89,6 +92,7 @@ class PublisherStats:
     rejected: int  # publish() calls refused (payload not serialisable, publisher closed)
     outages: int  # times the broker became unreachable
     connects: int  # successful connections
+    receipt_timeouts: int = 0  # connections ended because a RECEIPT did not come within RECEIPT_TIMEOUT
 
 
 class _Entry:
@@ -114,11 +118,21 @@ class _Entry:
         self.confirm = confirm  # called once a RECEIPT covers this message
 
 
+_attempt = threading.local()  # .error: why stomp.py's last connection attempt in this thread failed
+
+
 class _QuietStompLogs(logging.Filter):
     """Drop stomp.py's per-attempt INFO/WARNING/ERROR lines: the publisher reports each outage
-    once itself. Lines pass when someone set the "stomp.py" logger to DEBUG to investigate."""
+    once itself. Lines pass when someone set the "stomp.py" logger to DEBUG to investigate.
+
+    stomp.py raises a bare ConnectFailedException and only logs why (refused, TLS certificate
+    not trusted...): the reason is kept here, per thread, for the publisher's own message."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == "could not connect to host %s, port %s: %s" and len(record.args or ()) == 3:
+            _attempt.error = record.args[2]
+        elif record.msg == "Could not find file %s" and record.args:
+            _attempt.error = FileNotFoundError(f"file not found: {record.args[0]}")
         if record.levelno < logging.INFO:
             return True
         return logging.getLogger("stomp.py").level == logging.DEBUG
@@ -143,7 +157,7 @@ class _Listener(stomp.ConnectionListener):
         self._generation = generation
 
     def on_connected(self, frame) -> None:
-        self._publisher._on_connected(self._generation)
+        self._publisher._on_connected(self._generation, frame)
 
     def on_error(self, frame) -> None:
         self._publisher._on_error(self._generation, frame)
@@ -164,24 +178,33 @@ class _Listener(stomp.ConnectionListener):
 class Publisher:
     """Owns one STOMP connection on a background thread; see the module docstring.
 
-    Every argument defaults to the NOTIFICATIONS setting of the same name. The thread starts
-    on first use (publish, subscribe or flush).
+    Every argument defaults to the NOTIFICATIONS setting of the same name (``url``: BROKER_URL,
+    one broker or several). With several brokers it connects to the first that answers and
+    moves to the next when the one in use dies (backing off once every one was tried). A
+    RECEIPT that does not come within ``receipt_timeout`` seconds ends the connection like a
+    lost one. The thread starts on first use (publish, subscribe or flush).
     """
 
     def __init__(
         self,
-        url: str | conf.BrokerURL | None = None,
+        url: str | list | tuple | conf.BrokerURL | None = None,
         *,
         buffer_size: int | None = None,
         reconnect_min: float | None = None,
         reconnect_max: float | None = None,
         heartbeat_ms: int | None = None,
+        receipt_timeout: float | None = None,
     ) -> None:
         if url is None:
-            url = conf.get("BROKER_URL")
-        self.url: conf.BrokerURL = conf.parse_broker_url(url) if isinstance(url, str) else url
-        # Logs get this text (password masked), never the BrokerURL whose repr shows the passcode.
-        self._where = str(self.url)
+            urls = conf.broker_urls()
+        elif isinstance(url, conf.BrokerURL):
+            urls = (url,)
+        elif isinstance(url, (list, tuple)) and all(isinstance(u, conf.BrokerURL) for u in url):
+            urls = tuple(url)
+        else:
+            urls = conf.parse_broker_urls(url)
+        self.urls: tuple[conf.BrokerURL, ...] = urls
+        self._index = 0  # the broker in use, or the next one to try
         self.buffer_size = int(buffer_size if buffer_size is not None else conf.get("PUBLISHER_BUFFER"))
         if self.buffer_size < 1:
             raise ValueError(f"PUBLISHER_BUFFER must be at least 1, not {self.buffer_size}")
@@ -192,6 +215,8 @@ class Publisher:
                 f"RECONNECT_MIN ({self.reconnect_min}) must be positive and at most RECONNECT_MAX ({self.reconnect_max})"
             )
         self.heartbeat_ms = int(heartbeat_ms if heartbeat_ms is not None else conf.get("HEARTBEAT_MS"))
+        self.receipt_timeout = float(receipt_timeout if receipt_timeout is not None else conf.get("RECEIPT_TIMEOUT"))
+        self._states = [BrokerState(u, self.heartbeat_ms) for u in urls]
         self._pid = os.getpid()
 
         self._cond = threading.Condition()
@@ -212,15 +237,36 @@ class Publisher:
         self._connected = False
         self._connect_event = threading.Event()
         self._connect_error: str | None = None
+        self._connect_refused = False  # the broker answered CONNECT with an ERROR frame
+        self._connected_headers: dict[str, str] = {}
         self._lost_reason: str | None = None
+        # Since when a RECEIPT (for SENDs or a SUBSCRIBE) is awaited with none arriving; None
+        # when nothing is awaited. Past receipt_timeout the connection is taken for dead.
+        self._receipt_clock: float | None = None
+        self._sub_receipts: set[str] = set()
+        self._routing_noted = False
+        self._lost_url: conf.BrokerURL | None = None
+        self._session = ""  # what the broker negotiated, for the connect log line
+        self._window: int | None = None  # bytes per RECEIPT for a broker with a known defect
         self._error_streak = 0  # connections ended by an ERROR frame since the last RECEIPT
 
         self._outage_since: float | None = None
         self._outage_dropped = 0
         self._overflow_logged = False
         self._counts = dict.fromkeys(
-            ("published", "sent", "acknowledged", "coalesced", "dropped", "rejected", "outages", "connects"), 0
+            ("published", "sent", "acknowledged", "coalesced", "dropped", "rejected", "outages", "connects",
+             "receipt_timeouts"), 0
         )
+
+    @property
+    def url(self) -> conf.BrokerURL:
+        """The broker in use (or the next one to try)."""
+        return self.urls[self._index]
+
+    @property
+    def _where(self) -> str:
+        # Logs get this text (password masked), never the BrokerURL whose repr shows the passcode.
+        return str(self.url)
 
     # ----------------------------------------------------------------- caller side
 
@@ -395,24 +441,38 @@ class Publisher:
 
     def _run(self) -> None:
         backoff = self.reconnect_min
+        tried = 0  # brokers tried since the last connection was lost (or since the start)
         try:
             while not self._closing:
                 if not self._connected:
-                    error = self._connect()
+                    error = self._connect(self._states[self._index])
                     if error is not None:
+                        tried += 1
+                        self._next_broker()
+                        if tried < len(self.urls):
+                            continue  # the next broker at once
+                        tried = 0
                         self._note_outage(error)
                         with self._cond:
                             if not self._closing:
                                 self._cond.wait(backoff)
                         backoff = min(backoff * 2, self.reconnect_max)
                         continue
+                    tried = 0
                     backoff = self.reconnect_min
                     self._note_back()
                 self._pump()
+                # The connection was lost: the next broker first (the same one if it is alone).
+                self._lost_url = self.url
+                tried = 1
+                self._next_broker()
         except Exception:
             logger.exception("STOMP publisher thread crashed; messages are no longer sent")
         finally:
             self._teardown(graceful=True)
+
+    def _next_broker(self) -> None:
+        self._index = (self._index + 1) % len(self.urls)
 
     def _pump(self) -> None:
         """Send what is pending until the connection is lost or the publisher closes."""
@@ -422,9 +482,10 @@ class Publisher:
                     not self._closing
                     and self._lost_reason is None
                     and not self._new_subscriptions
-                    and (not self._pending or len(self._in_flight) >= self._in_flight_limit())
+                    and (not self._pending or self._room() <= 0)
                 ):
-                    self._cond.wait()
+                    self._cond.wait(self._receipt_wait())
+                    self._check_receipt_deadline()
                 if self._closing:
                     return
                 if self._lost_reason is not None:
@@ -435,8 +496,13 @@ class Publisher:
                 new_subs = [(i, self._subscriptions[i][0]) for i in self._new_subscriptions]
                 self._new_subscriptions.clear()
                 batch: list[_Entry] = []
-                room = min(BATCH_SIZE, self._in_flight_limit() - len(self._in_flight))
+                room = self._room()
+                size = 0
                 while self._pending and len(batch) < room:
+                    if self._window is not None:
+                        size += _frame_size(self._pending[0])
+                        if batch and size > self._window:
+                            break
                     entry = self._pending.popleft()
                     if entry.key is not None and self._by_key.get(entry.key) is entry:
                         del self._by_key[entry.key]
@@ -444,9 +510,14 @@ class Publisher:
                     self._in_flight.append(entry)
                 generation = self._generation
                 conn = self._conn
+                if (new_subs or batch) and self._receipt_clock is None:
+                    self._receipt_clock = time.monotonic()
             try:
                 for sub_id, destination in new_subs:
-                    conn.subscribe(destination, id=sub_id, ack="auto")
+                    receipt = f"pub-{generation}-{sub_id}"
+                    with self._cond:
+                        self._sub_receipts.add(receipt)
+                    conn.subscribe(destination, id=sub_id, ack="auto", headers={"receipt": receipt})
                 for i, entry in enumerate(batch):
                     headers = entry.headers
                     if i == len(batch) - 1:
@@ -465,9 +536,35 @@ class Publisher:
         self._teardown(graceful=False)
         self._note_outage(reason)
 
-    def _in_flight_limit(self) -> int:
-        # One message at a time while the broker has been answering with ERROR frames.
-        return 1 if self._error_streak else MAX_IN_FLIGHT
+    def _receipt_wait(self) -> float | None:
+        # Lock held. How long the pump may sleep before the receipt deadline needs a look.
+        if self._receipt_clock is None:
+            return None
+        return max(0.0, self._receipt_clock + self.receipt_timeout - time.monotonic()) + 0.01
+
+    def _check_receipt_deadline(self) -> None:
+        # Lock held. A broker that accepts frames but stops confirming them (CoilMQ after a
+        # heart-beat, a stuck node) must not hold messages forever: treat it as lost.
+        clock = self._receipt_clock
+        if clock is None or self._lost_reason is not None or time.monotonic() - clock <= self.receipt_timeout:
+            return
+        self._counts["receipt_timeouts"] += 1
+        waiting = f"{len(self._in_flight)} messages" if self._in_flight else "a SUBSCRIBE"
+        self._lost_reason = f"no RECEIPT for {waiting} within {self.receipt_timeout:g} s"
+        logger.warning(
+            "STOMP broker %s sent no RECEIPT for %s within %g s; reconnecting (they will be re-sent)",
+            self._where, waiting, self.receipt_timeout,
+        )
+
+    def _room(self) -> int:
+        # Lock held. How many pending messages may be sent now (0: wait for a RECEIPT).
+        if self._error_streak:
+            # One message at a time while the broker has been answering with ERROR frames.
+            return 1 - len(self._in_flight)
+        if self._window is not None:
+            # A broker that takes only so many bytes at once: one window per RECEIPT.
+            return 0 if self._in_flight else BATCH_SIZE
+        return min(BATCH_SIZE, MAX_IN_FLIGHT - len(self._in_flight))
 
     def _note_error_loss(self, reason: str) -> None:
         # Lock held, in-flight already re-queued.
@@ -496,16 +593,33 @@ class Publisher:
             if entry.key is not None:
                 self._by_key[entry.key] = entry
 
-    def _connect(self) -> str | None:
-        """One connection attempt; None on success, else the reason."""
+    def _connect(self, state: BrokerState) -> str | None:
+        """Connect to one broker, trying the host headers it may need and remaking the connection
+        once for a known defect's workaround; None on success, else the reason."""
+        while True:
+            error = self._connect_once(state)
+            if error is _REMAKE:
+                continue
+            if error is not None and self._connect_refused and state.host_refused(error):
+                continue  # another host header to try at once
+            return error
+
+    def _connect_once(self, state: BrokerState) -> str | object | None:
+        """One connection attempt; None on success, _REMAKE, or the reason it failed."""
         _install_stomp_log_filter()
         with self._cond:
             self._generation += 1
             generation = self._generation
             self._connect_event.clear()
             self._connect_error = None
+            self._connect_refused = False
+            self._connected_headers = {}
             self._lost_reason = None
-        url = self.url
+            self._receipt_clock = None
+            self._sub_receipts.clear()
+        url = state.url
+        host = state.host
+        heartbeats = state.heartbeats
         conn = stomp.Connection12(
             [(url.host, url.port)],
             prefer_localhost=False,
@@ -515,18 +629,27 @@ class Publisher:
             reconnect_sleep_jitter=0.0,
             reconnect_attempts_max=1,
             timeout=CONNECT_TIMEOUT,
-            heartbeats=(self.heartbeat_ms, self.heartbeat_ms),
-            # The STOMP host header names the virtual host; RabbitMQ reads it as its vhost, so
-            # without one in the URL we send its default "/" rather than the machine name.
-            vhost=url.vhost or "/",
+            heartbeats=heartbeats,
+            # The STOMP host header names the virtual host (see connection.host_candidates).
+            vhost=host,
             auto_decode=False,
         )
+        if url.tls:
+            # stomp.py verifies the certificate and the host name (a TLS client context), with
+            # the system's CAs unless ca_file names others.
+            conn.set_ssl(
+                for_hosts=[(url.host, url.port)], ca_certs=url.ca_file, cert_file=url.cert_file, key_file=url.key_file
+            )
         conn.set_listener("publisher", _Listener(self, generation))
+        _attempt.error = None
         try:
             conn.connect(url.login, url.passcode, wait=False, with_connect_command=True)
         except Exception as exc:
             _stop_quietly(conn)
-            return _describe(exc)
+            cause = _attempt.error
+            if isinstance(cause, ssl.SSLError):
+                return tls_error_text(url, cause)
+            return _describe(cause) if isinstance(cause, BaseException) else _describe(exc)
         _set_nodelay(conn)
         if not self._connect_event.wait(CONNECT_TIMEOUT) or self._closing:
             _stop_quietly(conn)
@@ -534,18 +657,28 @@ class Publisher:
         if self._connect_error is not None:
             _stop_quietly(conn)
             return self._connect_error
+        headers = self._connected_headers
+        if state.check_defect(headers.get("server"), "STOMP publisher"):
+            _stop_quietly(conn)
+            return _REMAKE
         with self._cond:
             lost = self._lost_reason
             if lost is None:
                 self._conn = conn
                 self._connected = True
+                self._window = state.window
                 self._counts["connects"] += 1
+                self._routing_noted = False
                 # Renew every subscription on the new connection before anything else is sent.
                 self._new_subscriptions = list(self._subscriptions)
                 self._cond.notify_all()
         if lost is not None:
             _stop_quietly(conn)
             return lost
+        send_ms, expect_ms = _negotiated(heartbeats, headers.get("heart-beat"))
+        sock = getattr(conn.transport, "socket", None)
+        tls = f"TLS {sock.version()}" if isinstance(sock, ssl.SSLSocket) else None
+        self._session = session_summary(headers, host=state.host_accepted(), send_ms=send_ms, expect_ms=expect_ms, tls=tls)
         return None
 
     def _teardown(self, *, graceful: bool) -> None:
@@ -588,21 +721,26 @@ class Publisher:
             dropped, self._outage_dropped = self._outage_dropped, 0
             waiting = len(self._pending) + len(self._in_flight)
             self._overflow_logged = False
+        lost, self._lost_url = self._lost_url, None
         if since is None:
-            logger.debug("Connected to STOMP broker %s", self._where)
+            logger.info("STOMP publisher connected to %s: %s", self._where, self._session)
             return
+        back = "back" if lost is None or lost == self.url else f"in use instead of {lost}"
         logger.info(
-            "STOMP broker %s back after %.1f s; sending %d buffered messages (%d dropped while it was away)",
+            "STOMP broker %s %s after %.1f s; sending %d buffered messages (%d dropped while it was away); %s",
             self._where,
+            back,
             time.monotonic() - since,
             waiting,
             dropped,
+            self._session,
         )
 
     # ------------------------------------------------- stomp.py receiver-thread callbacks
 
-    def _on_connected(self, generation: int) -> None:
+    def _on_connected(self, generation: int, frame) -> None:
         if generation == self._generation:
+            self._connected_headers = dict(frame.headers)
             self._connect_event.set()
 
     def _on_error(self, generation: int, frame) -> None:
@@ -611,6 +749,7 @@ class Publisher:
             return
         if not self._connect_event.is_set():
             self._connect_error = f"broker refused the connection: {message.strip()}"
+            self._connect_refused = True
             self._connect_event.set()
         else:
             # After an ERROR frame the broker closes the connection (STOMP 1.2); the resulting
@@ -624,6 +763,11 @@ class Publisher:
         prefix = f"pub-{generation}-"
         if not receipt_id.startswith(prefix):
             return
+        with self._cond:
+            if receipt_id in self._sub_receipts:  # a SUBSCRIBE's
+                self._sub_receipts.discard(receipt_id)
+                self._receipt_clock = time.monotonic() if self._in_flight or self._sub_receipts else None
+                return
         try:
             seq = int(receipt_id[len(prefix):])
         except ValueError:
@@ -639,6 +783,7 @@ class Publisher:
                 if entry.confirm is not None:
                     confirmed.append(entry.confirm)
             self._error_streak = 0
+            self._receipt_clock = time.monotonic() if self._in_flight or self._sub_receipts else None
             if not self._pending and not self._in_flight:
                 self._overflow_logged = False
             self._cond.notify_all()
@@ -660,15 +805,29 @@ class Publisher:
             self._cond.notify_all()
 
     def _on_message(self, frame) -> None:
+        # A `receipt` header on a MESSAGE (StompServer and CoilMQ copy the sender's) is not ours
+        # to act on: stomp.py and _on_receipt look at RECEIPT frames only.
         headers = dict(frame.headers)
-        entry = self._subscriptions.get(headers.get("subscription", ""))
-        if entry is None:
-            return
+        if "subscription" in headers:
+            entry = self._subscriptions.get(headers["subscription"])
+            entries = [entry] if entry is not None else []
+        else:
+            # STOMP 1.0 does not require the header: route by destination instead.
+            destination = headers.get("destination")
+            entries = [e for e in list(self._subscriptions.values()) if e[0] == destination]
+            if not self._routing_noted:
+                self._routing_noted = True
+                if (self._connected_headers.get("version") or "1.0") != "1.0":
+                    logger.info(
+                        "STOMP broker %s sends MESSAGE frames without a subscription header; routing them by destination",
+                        self._where,
+                    )
         body = frame.body if isinstance(frame.body, bytes) else str(frame.body).encode()
-        try:
-            entry[1](headers, body)
-        except Exception:
-            logger.exception("Subscriber callback for %s failed", entry[0])
+        for destination, callback in entries:
+            try:
+                callback(headers, body)
+            except Exception:
+                logger.exception("Subscriber callback for %s failed", destination)
 
 
 def _encode(payload: Any) -> tuple[bytes, str]:
@@ -690,6 +849,23 @@ def _check_destination(destination: Any) -> None:
     name = destination.split("/", 2)[2]
     if not name or any(c in name for c in "\r\n\0"):
         raise ValueError(f"destination {destination!r} needs a name without line breaks after the prefix")
+
+
+_REMAKE = object()  # _connect_once: connect again at once (a known defect's workaround)
+
+
+def _frame_size(entry: _Entry) -> int:
+    """About the bytes of the SEND frame for ``entry`` (command, headers, body, NUL)."""
+    headers = sum(len(k) + len(v) + 2 for k, v in entry.headers.items())
+    return 64 + len(entry.destination) + headers + len(entry.body)
+
+
+def _negotiated(offered: tuple[int, int], header: str | None) -> tuple[int, int]:
+    """(send, expect) milliseconds after the broker's CONNECTED heart-beat header, as stomp.py computes them."""
+    try:
+        return negotiate_heartbeat(offered, parse_heartbeat(header or "0,0"))
+    except ValueError:
+        return 0, 0
 
 
 def _describe(exc: BaseException) -> str:
