@@ -52,13 +52,14 @@ def template_db(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def stack_broker_url(request) -> str:
-    """The embedded broker (the default deployment); E2E_BROKER=rabbitmq or E2E_BROKER=activemq
-    runs the same tests on that broker."""
+    """The embedded broker (the default deployment); E2E_BROKER=rabbitmq, activemq, stompserver
+    or coilmq runs the same tests on that broker, with its plain stomp://127.0.0.1:PORT URL
+    (RabbitMQ's with its login) and no other setting."""
     chosen = os.environ.get("E2E_BROKER", "embedded")
-    if chosen in {"rabbitmq", "activemq"}:
+    if chosen in {"rabbitmq", "activemq", "stompserver", "coilmq"}:
         return request.getfixturevalue(f"{chosen}_stomp_url")
     if chosen != "embedded":
-        raise pytest.UsageError(f"E2E_BROKER={chosen!r}: expected embedded, rabbitmq or activemq")
+        raise pytest.UsageError(f"E2E_BROKER={chosen!r}: expected embedded, rabbitmq, activemq, stompserver or coilmq")
     try:
         return request.getfixturevalue("embedded_broker").url
     except pytest.FixtureLookupError:
