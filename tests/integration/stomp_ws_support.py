@@ -36,10 +36,19 @@ def make_job(owner, **fields):
 class WsStomp:
     """A STOMP client over a WebsocketCommunicator; every wait is bounded."""
 
-    def __init__(self, cookie: bytes | None = None, *, subprotocols=("v12.stomp", "v11.stomp", "v10.stomp"), origin=b"http://localhost"):
+    def __init__(
+        self,
+        cookie: bytes | None = None,
+        *,
+        subprotocols=("v12.stomp", "v11.stomp", "v10.stomp"),
+        origin=b"http://localhost",
+        host=b"localhost",
+        headers=(),
+    ):
         from project.asgi import application
 
-        headers = []
+        # A browser sends Host and Origin; the page's own origin is scheme://Host.
+        headers = ([(b"host", host)] if host else []) + list(headers)
         if cookie:
             headers.append((b"cookie", cookie))
         if origin:

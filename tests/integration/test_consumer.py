@@ -162,6 +162,86 @@ async def test_an_origin_listed_in_allowed_origins_is_accepted(live, alice):
     await client.close()
 
 
+@pytest.mark.parametrize(
+    "host, origin",
+    [
+        (b"localhost:8000", b"http://localhost:8000"),
+        (b"127.0.0.1:8000", b"http://127.0.0.1:8000"),
+        (b"localhost", b"http://localhost"),
+    ],
+)
+async def test_a_page_of_the_site_itself_may_open_the_socket(live, alice, host, origin):
+    client = WsStomp(await database_sync_to_async(session_cookie)(alice), host=host, origin=origin)
+    assert await client.open() is True
+    await client.close()
+
+
+@pytest.mark.parametrize(
+    "host, origin",
+    [
+        (b"localhost:8000", b"http://localhost:1"),  # another port of an allowed host
+        (b"127.0.0.1:8000", b"http://127.0.0.1:9999"),
+        (b"localhost:8000", b"https://localhost:8000"),  # another scheme
+        (b"localhost", b"http://localhost:80"),  # an explicit port is another origin for Django too
+        (b"evil.example", b"http://evil.example"),  # a Host that is not in ALLOWED_HOSTS
+    ],
+)
+async def test_an_origin_that_django_csrf_would_refuse_is_refused(live, alice, host, origin):
+    client = WsStomp(await database_sync_to_async(session_cookie)(alice), host=host, origin=origin)
+    assert await client.open() is False
+
+
+async def test_a_wss_socket_needs_an_https_origin(live, alice):
+    from channels.testing import WebsocketCommunicator
+
+    from project.asgi import application
+
+    cookie = await database_sync_to_async(session_cookie)(alice)
+    results = []
+    for origin in (b"http://localhost:8443", b"https://localhost:8443"):
+        comm = WebsocketCommunicator(
+            application, "/ws/stomp/", subprotocols=["v12.stomp"],
+            headers=[(b"host", b"localhost:8443"), (b"origin", origin), (b"cookie", cookie)],
+        )
+        comm.scope["scheme"] = "wss"
+        connected, _ = await comm.connect(timeout=5)
+        results.append(connected)
+        await comm.disconnect()
+    assert results == [False, True]
+
+
+async def test_behind_a_proxy_secure_proxy_ssl_header_decides_the_scheme(live, alice):
+    live.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    client = WsStomp(
+        await database_sync_to_async(session_cookie)(alice), host=b"localhost", origin=b"https://localhost",
+        headers=[(b"x-forwarded-proto", b"https")],
+    )
+    assert await client.open() is True
+    await client.close()
+
+
+async def test_csrf_trusted_origins_may_open_the_socket_with_their_port_and_subdomains(live, alice):
+    live.CSRF_TRUSTED_ORIGINS = ["https://app.example:8443", "https://*.example.org"]
+    cookie = await database_sync_to_async(session_cookie)(alice)
+    results = []
+    for origin in (b"https://app.example:8443", b"https://app.example", b"https://a.example.org", b"http://a.example.org"):
+        client = WsStomp(cookie, origin=origin)
+        results.append(await client.open())
+        await client.close()
+    assert results == [True, False, True, False]
+
+
+async def test_allowed_origins_compare_scheme_host_and_port(live, alice):
+    live.NOTIFICATIONS = {**live.NOTIFICATIONS, "ALLOWED_ORIGINS": ["https://app.example"]}
+    cookie = await database_sync_to_async(session_cookie)(alice)
+    results = []
+    for origin in (b"https://app.example", b"http://app.example", b"https://app.example:444"):
+        client = WsStomp(cookie, origin=origin)
+        results.append(await client.open())
+        await client.close()
+    assert results == [True, False, False]
+
+
 async def test_anonymous_users_get_an_error_and_the_socket_closes(live):
     client = await open_client(None)
     frame = await client.connect()
