@@ -10,4 +10,4 @@ class JobsConfig(AppConfig):
 
     def ready(self) -> None:
         from . import checks  # noqa: F401  (registers the system checks)
-        from . import schedules  # noqa: F401  (registers jobs.E101)
+        from . import ops_checks  # noqa: F401  (registers jobs.E1xx: schedules, retention, health)

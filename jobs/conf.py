@@ -53,6 +53,18 @@ DEFAULTS: dict[str, Any] = {
     # A due time older than this (seconds) when a worker first sees it was missed: MISSED "skip"
     # drops it, "once" folds it into one run, "all" runs it anyway.
     "SCHEDULE_MISSED_AFTER": 60.0,
+    # Retention. Finished jobs (SUCCESSFUL, FAILED, CANCELLED) are deleted, with their result
+    # files, this many seconds after they finished (None: kept forever), and so are schedule runs
+    # that old; STOPPED and LOST Worker rows after PRUNE_WORKERS_AFTER.
+    "PRUNE_JOBS_AFTER": 7 * 86400.0,
+    "PRUNE_WORKERS_AFTER": 86400.0,
+    # Seconds between two prunes by each worker (the first comes at a random point of the first
+    # interval, so workers spread out); None: workers never prune (run `manage.py prunejobs`).
+    "PRUNE_INTERVAL": 300.0,
+    # Rows deleted per transaction, and the pause between two (seconds), so claims never wait
+    # behind a prune for long (bench/prune_bench.py measures it).
+    "PRUNE_BATCH": 500,
+    "PRUNE_BATCH_PAUSE": 0.05,
 }
 
 

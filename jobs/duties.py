@@ -1,4 +1,5 @@
-"""What a worker does besides running jobs: its Worker row, the schedules, the housekeeping.
+"""What a worker does besides running jobs: its Worker row, the schedules, the housekeeping
+(marking silent workers lost, pruning old rows: jobs.retention).
 
 jobs.worker.Worker calls three hooks: start() when its loop starts, beat() with each heartbeat
 of its loop (the Worker row), stop() when it exits. Schedules and housekeeping run in a thread
@@ -8,13 +9,14 @@ this worker; each duty is one short transaction at a time.
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from typing import TYPE_CHECKING
 
 from django.db import connection
 
-from . import conf, schedules, workers
+from . import conf, retention, schedules, workers
 
 if TYPE_CHECKING:
     from .worker import Worker
@@ -37,6 +39,7 @@ class WorkerDuties:
         self.schedules = schedules
         self.schedule_names: list[str] = []
         self.enqueued = 0  # jobs this worker enqueued for schedules
+        self.pruned: retention.Pruned | None = None  # what its last prune deleted
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -78,11 +81,16 @@ class WorkerDuties:
         intervals = {"lost": max(0.2, float(conf.get("STALE_AFTER")) / 3)}
         if self.schedule_names:
             intervals["schedules"] = float(conf.get("SCHEDULE_INTERVAL"))
+        if conf.get("PRUNE_INTERVAL") is not None:
+            intervals["prune"] = float(conf.get("PRUNE_INTERVAL"))
         return intervals
 
     def _run(self) -> None:
         intervals = self._intervals()
-        due = dict.fromkeys(intervals, time.monotonic())
+        now = time.monotonic()
+        due = dict.fromkeys(intervals, now)
+        if "prune" in due:  # workers started together spread their prunes over the interval
+            due["prune"] = now + random.uniform(0, intervals["prune"])
         try:
             while not self._stop.is_set():
                 now = time.monotonic()
@@ -107,6 +115,9 @@ class WorkerDuties:
 
     def _do_lost(self) -> None:
         workers.mark_lost()
+
+    def _do_prune(self) -> None:
+        self.pruned = retention.prune(should_stop=lambda: self._stop.is_set() or self.worker.stopping)
 
     @staticmethod
     def _close_connection() -> None:

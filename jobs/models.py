@@ -159,6 +159,8 @@ class Job(models.Model):
             # The stale-heartbeat sweep over RUNNING jobs.
             models.Index(fields=["status", "heartbeat_at"], name="jobs_job_stale"),
             models.Index(fields=["-enqueued_at"], name="jobs_job_enqueued"),
+            # Retention: finished jobs by age (jobs.retention).
+            models.Index(fields=["finished_at"], name="jobs_job_finished"),
         ]
         constraints = [
             models.CheckConstraint(

@@ -36,6 +36,9 @@ DEFAULTS: dict[str, Any] = {
     # How often an open WebSocket re-reads its session and permissions (seconds); a logout in
     # another process or a withdrawn permission ends its subscriptions within this time.
     "SESSION_RECHECK_SECONDS": 5.0,
+    # Read notifications and broadcasts older than this (seconds) are deleted by `manage.py
+    # prunenotifications` and by every jobworker's housekeeping; None keeps them forever.
+    "PRUNE_READ_AFTER": 30 * 86400.0,
     # The embedded broker started by `manage.py stompbroker` (and by the run command).
     "EMBEDDED_BROKER": {
         "HOST": "127.0.0.1",
