@@ -18,7 +18,9 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         users = get_user_model()
-        login_file = Path(settings.VAR_DIR) / "demo-login.txt"
+        # The demo keeps it in VAR_DIR; another project in var/ next to manage.py.
+        var_dir = getattr(settings, "VAR_DIR", None) or Path(getattr(settings, "BASE_DIR", None) or Path.cwd()) / "var"
+        login_file = Path(var_dir) / "demo-login.txt"
         if not users.objects.filter(is_superuser=True).exists():
             password = os.environ.get("DEMO_ADMIN_PASSWORD") or secrets.token_urlsafe(9)
             users.objects.create_superuser("admin", "admin@localhost", password)

@@ -7,7 +7,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from notifications import conf
-from project.devstack import Part, PortTaken, Stack, manage_py
+from notifications.devstack import Part, PortTaken, Stack, manage_py
 
 
 class Command(BaseCommand):
@@ -27,6 +27,13 @@ class Command(BaseCommand):
         parser.add_argument("--concurrency", type=int, default=2, help="jobs the worker runs at once")
 
     def handle(self, *args, addr, port, external_broker, concurrency, **options):
+        # startproject's BASE_DIR holds manage.py; every part is started through it.
+        base_dir = Path(getattr(settings, "BASE_DIR", None) or Path.cwd())
+        if not (base_dir / "manage.py").is_file():
+            raise CommandError(
+                f"No manage.py in {base_dir}: runall starts each part with it. Set BASE_DIR to the folder that "
+                "holds manage.py, or run from there."
+            )
         try:
             url = conf.broker_url()
         except ValueError as exc:
@@ -39,13 +46,13 @@ class Command(BaseCommand):
                     "Use --external-broker, or set STOMP_BROKER_URL=stomp://127.0.0.1:61614."
                 )
             parts.append(
-                Part("broker", manage_py(settings.BASE_DIR, "stompbroker", "--host", url.host, "--port", str(url.port)), port=(url.host, url.port))
+                Part("broker", manage_py(base_dir, "stompbroker", "--host", url.host, "--port", str(url.port)), port=(url.host, url.port))
             )
-        parts.append(Part("worker", manage_py(settings.BASE_DIR, "jobworker", "--concurrency", str(concurrency))))
-        parts.append(Part("web", manage_py(settings.BASE_DIR, "runserver", "--noreload", f"{addr}:{port}"), port=(addr, port)))
+        parts.append(Part("worker", manage_py(base_dir, "jobworker", "--concurrency", str(concurrency))))
+        parts.append(Part("web", manage_py(base_dir, "runserver", "--noreload", f"{addr}:{port}"), port=(addr, port)))
         stack = Stack(
             parts=parts,
-            cwd=Path(settings.BASE_DIR),
+            cwd=base_dir,
             out=self.stdout,
             ready_message=f"==> ready: open http://{addr}:{port}/ , log in and start a debug report (Ctrl-C stops everything)",
         )
