@@ -2,14 +2,12 @@
 import gc
 import os
 
-from django.core.asgi import get_asgi_application
+from notifications.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
-django_asgi_app = get_asgi_application()
-
-from channels.routing import ProtocolTypeRouter  # noqa: E402
-
-from notifications.routing import websocket_application  # noqa: E402
+# Django over HTTP, the STOMP-over-WebSocket endpoint (/ws/stomp/) over WebSocket: the same
+# one call a project that installs the apps makes (README, "Add to an existing project").
+application = get_asgi_application()
 
 
 def _plain_autobahn_debug_text() -> None:
@@ -35,5 +33,3 @@ _plain_autobahn_debug_text()
 # all: measured 66 ms with the loop stopped, i.e. a latency spike for every socket of a web
 # process relaying thousands of messages a second. Frozen, the same collection took 0.1 ms.
 gc.freeze()
-
-application = ProtocolTypeRouter({"http": django_asgi_app, "websocket": websocket_application()})
