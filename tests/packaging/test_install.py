@@ -13,6 +13,7 @@ offline.
 """
 from __future__ import annotations
 
+import ast
 import json
 import logging
 import os
@@ -21,9 +22,11 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 import zipfile
 from dataclasses import dataclass, field
 from http.cookiejar import CookieJar
+from importlib.metadata import packages_distributions
 from pathlib import Path
 from urllib.parse import urlencode
 from urllib.request import HTTPCookieProcessor, Request, build_opener
@@ -137,6 +140,37 @@ def test_the_readme_steps_edit_settings_urls_and_asgi_and_run_broker_worker_and_
     assert [command.split()[2] for command in steps.commands] == ["migrate", "check", "stompbroker", "jobworker", "runserver"]
 
 
+# --- dependencies ----------------------------------------------------------------------------
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_every_third_party_module_the_apps_import_is_a_declared_dependency():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    requirements = project["dependencies"] + [r for extra in project["optional-dependencies"].values() for r in extra]
+    declared = {_canonical(re.split(r"[<>=!~\[; ]", r, maxsplit=1)[0]) for r in requirements}
+    distributions = packages_distributions()
+    undeclared = set()
+    for path in sorted(p for app in APPS for p in (REPO / app).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules = [node.module]
+            else:
+                continue
+            for module in modules:
+                top = module.split(".")[0]
+                if top in sys.stdlib_module_names or top in {*APPS, "__future__"}:
+                    continue
+                names = distributions.get(top, [top])
+                if not {_canonical(name) for name in names} & declared:
+                    undeclared.add(f"{path.relative_to(REPO)} imports {module} ({', '.join(names)})")
+    assert not undeclared, "pyproject.toml does not declare:\n" + "\n".join(sorted(undeclared))
+
+
 # --- the wheel -------------------------------------------------------------------------------
 
 
@@ -191,7 +225,7 @@ def test_the_wheel_declares_version_ranges_not_pins_and_the_changelog_has_its_ve
     version = re.search(r"^Version: (.+)$", metadata, re.M).group(1)
     requires = re.findall(r"^Requires-Dist: (.+)$", metadata, re.M)
     assert {re.split(r"[<>=!~\[; ]", r, maxsplit=1)[0].lower() for r in requires if "extra ==" not in r} == {
-        "django", "channels", "daphne", "stomp-py"
+        "django", "channels", "daphne", "stomp-py", "cronsim"
     }
     assert not [r for r in requires if "==" in r.split(";")[0]]
     assert f"## {version} " in (REPO / "CHANGELOG.md").read_text()
