@@ -3,6 +3,11 @@
 Each event carries the whole visible state of the job, so any later event supersedes an
 earlier one: they are published with a per-job coalesce key (latest state wins in the
 publisher's outage buffer) and clients drop anything with a ``seq`` lower than what they have.
+
+A job's final event is durable: promise_final() writes it to the notifications outbox, with
+the owner's notification, in the transaction that makes the job final, so a worker killed
+right after that commit loses neither (any worker's relay publishes what it left). The other
+events (READY, RUNNING, progress) and wake-ups go straight to the publisher after commit.
 """
 from __future__ import annotations
 
@@ -15,7 +20,17 @@ from . import live as destinations
 if TYPE_CHECKING:
     from .models import Job
 
-__all__ = ["job_event", "result_url", "publish_event", "publish_job", "publish_wakeup", "notify_owner_of"]
+__all__ = [
+    "job_event",
+    "result_url",
+    "publish_event",
+    "publish_job",
+    "publish_wakeup",
+    "promise_final",
+    "outbox_installed",
+    "owner_notification",
+    "notify_owner_of",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -120,14 +135,15 @@ def publish_wakeup(queue: str) -> None:
         logger.exception("Could not publish a wake-up for queue %s", queue)
 
 
-def notify_owner_of(job: Job) -> None:
-    """Tell the owner of a finished job, through notifications.api.notify. Never raises."""
-    if job.owner_id is None or not job.is_final:
-        return
-    try:
-        from notifications.api import notify
-    except ImportError:
-        return
+def outbox_installed() -> bool:
+    """Whether the notifications app (its Notification and OutboxMessage tables) is installed."""
+    from django.apps import apps
+
+    return apps.is_installed("notifications")
+
+
+def owner_notification(job: Job) -> dict[str, str]:
+    """What a finished job tells its owner: the fields of notifications.api.notify()."""
     level, title = _NOTIFY[str(job.status)]
     if job.status == "SUCCESSFUL":
         text = job.message or "Done."
@@ -141,7 +157,35 @@ def notify_owner_of(job: Job) -> None:
             link = reverse("jobs:detail", args=[job.pk])
         except Exception:
             link = ""
-    try:
-        notify(job.owner, title=title.format(name=job.display_name), text=text[:1000], level=level, link=link)
-    except Exception:
-        logger.exception("Could not notify the owner of job %s", job.pk)
+    return {"title": title.format(name=job.display_name)[:200], "text": (text or "")[:1000], "level": level, "link": link}
+
+
+def promise_final(jobs: list[Job]) -> bool:
+    """Call inside the transaction that made ``jobs`` final: writes each one's final event to the
+    outbox (its topic and the all-jobs topic) and its owner's notification, published after the
+    commit. Jobs that are not final are skipped. False when the notifications app is not
+    installed (then nothing is promised: publish the events directly)."""
+    finals = [job for job in jobs if job.is_final]
+    if not finals:
+        return True
+    if not outbox_installed():
+        return False
+    from notifications.api import notify_many
+    from notifications.outbox import publish_durable_many
+
+    publish_durable_many(
+        [((destinations.job(job.pk), destinations.JOBS_ALL), job_event(job)) for job in finals]
+    )
+    owned = [job for job in finals if job.owner_id is not None]
+    if owned:
+        notify_many([(job.owner_id, owner_notification(job)) for job in owned])
+    return True
+
+
+def notify_owner_of(job: Job) -> None:
+    """Notify the owner of a finished job (notifications.api.notify, in the caller's transaction)."""
+    if job.owner_id is None or not job.is_final or not outbox_installed():
+        return
+    from notifications.api import notify
+
+    notify(job.owner_id, **owner_notification(job))

@@ -258,18 +258,25 @@ class Job(models.Model):
         Returns True when the job ended now, False when the running task was asked to stop.
         Raises JobStateError for a job that already finished. The event is published after commit.
         """
+        from . import events
+
         for _ in range(_CAS_ROUNDS):
             self.refresh_from_db()
             if self.status == JobStatus.READY:
                 now = timezone.now()
-                done = self.cas_update(
-                    status=JobStatus.CANCELLED,
-                    cancel_requested=True,
-                    finished_at=now,
-                    error_type="jobs.exceptions.JobCancelled",
-                    error_message="Cancelled before it started.",
-                    error_traceback="",
-                )
+                # The final state, its event and the owner's notification in one transaction.
+                with transaction.atomic(using=router.db_for_write(type(self))):
+                    done = self.cas_update(
+                        status=JobStatus.CANCELLED,
+                        cancel_requested=True,
+                        finished_at=now,
+                        error_type="jobs.exceptions.JobCancelled",
+                        error_message="Cancelled before it started.",
+                        error_traceback="",
+                    )
+                    durable = done and events.promise_final([self])
+                if done and durable:
+                    return True
                 ended = True
             elif self.status == JobStatus.RUNNING:
                 if self.cancel_requested:
@@ -281,7 +288,7 @@ class Job(models.Model):
                     f"Job {self.pk} already finished ({self.status}); only READY or RUNNING jobs can be cancelled."
                 )
             if done:
-                self._publish_on_commit(notify=ended)
+                self._publish_on_commit()
                 return ended
         raise JobStateError(f"Job {self.pk} kept changing while being cancelled; try again.")
 
@@ -333,18 +340,17 @@ class Job(models.Model):
             log.append({"n": count, "at": at.isoformat(), "text": str(text)[:2000]})
         return log[-limit:], count
 
-    def _publish_on_commit(self, *, wakeup: bool = False, notify: bool = False) -> None:
+    def _publish_on_commit(self, *, wakeup: bool = False) -> None:
+        """Publish this state after commit (not durable: see jobs.events.promise_final for final states)."""
         from . import events
 
         snapshot = events.job_event(self)
-        queue, owner_id = self.queue, self.owner_id
+        queue = self.queue
 
         def send() -> None:
             events.publish_event(snapshot)
             if wakeup:
                 events.publish_wakeup(queue)
-            if notify and owner_id is not None:
-                events.notify_owner_of(self)
 
         transaction.on_commit(send)
 

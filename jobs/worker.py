@@ -44,6 +44,14 @@ Policies (also in the README):
   back to READY, the attempt not counted, their threads told to cancel, the process exits.
 - Cancel requests (Job.cancel()) reach the task within JOBS["CANCEL_POLL_INTERVAL"] through
   jobs.progress.is_cancel_requested() / check_cancelled(); a task that ignores them runs on.
+- Nothing promised is lost (DESIGN principle 8): the transaction that makes a job final also
+  writes its final event and its owner's notification to the notifications outbox
+  (jobs.events.promise_final); they are published after the commit, before task_finished is
+  sent. The worker is its process's outbox relay: its loop deletes the rows the broker
+  confirmed, and about every second claims rows left unconfirmed past their bound by any
+  process (a worker killed after its commit, a shell that exited too soon) and publishes them
+  (notifications.outbox). A stopping worker waits up to notifications.outbox.DRAIN_TIMEOUT for
+  its confirmations, so a `--burst` run also publishes what a dead worker left.
 """
 from __future__ import annotations
 
@@ -93,6 +101,9 @@ CANCELLED_BEFORE_START = "Cancelled before it started."
 RUN_TIME_WEIGHT = 0.2
 # Seconds stop() waits for the slot threads to exit once nothing runs on them.
 THREAD_JOIN_TIMEOUT = 2.0
+# The outbox relay's turn (delete confirmed rows, claim overdue ones) comes at most this often,
+# and at least four times per NOTIFICATIONS["OUTBOX_RETRY_AFTER"].
+OUTBOX_TICK = 1.0
 
 
 def backoff_delay(attempt: int) -> float:
@@ -241,6 +252,7 @@ class Worker:
         self.polls = 0  # claim queries made so far
         self._claim_statements: tuple[str, str] | None = None
         self._claim_returning: str | None = None
+        self._relay: Any = None  # this process's notifications outbox relay, while run() runs
 
     # Control --------------------------------------------------------------------------------
 
@@ -279,15 +291,17 @@ class Worker:
             self._threads.append(thread)
         if self.wakeups:
             self._subscribe_wakeups()
+        self._relay = self._attach_relay()
         interval = {
             "heartbeat": float(conf.get("HEARTBEAT_INTERVAL")),
             "cancel": float(conf.get("CANCEL_POLL_INTERVAL")),
             "progress": float(conf.get("PROGRESS_INTERVAL")),
             "stale": max(0.2, float(conf.get("STALE_AFTER")) / 3),
+            "outbox": self._outbox_interval(),
         }
         now = time.monotonic()
         due = {"heartbeat": now + interval["heartbeat"], "cancel": now + interval["cancel"],
-               "progress": now, "stale": now, "poll": now}
+               "progress": now, "stale": now, "poll": now, "outbox": now}
         self._duties = WorkerDuties(self, schedules=self.schedules)
         self._duties.start()
         self.started.set()
@@ -317,6 +331,7 @@ class Worker:
             self._duties.stop()
             for signum, handler in previous_handlers.items():
                 signal.signal(signum, handler)
+            self._detach_relay()
             self._reset_connection()
         stats = WorkerStats(**self._counts)
         logger.info("Worker %s stopped: %s", self.worker_id, stats)
@@ -350,6 +365,9 @@ class Worker:
         if due["stale"] <= now:
             self._sweep_stale()
             due["stale"] = now + interval["stale"]
+        if due["outbox"] <= now:
+            self._relay_outbox()
+            due["outbox"] = now + interval["outbox"]
 
         # Finished runs are written and new jobs claimed in one transaction (one commit, one lock).
         freeing = sum(1 for run, _ in self._unwritten if run.task is not None)
@@ -590,6 +608,7 @@ class Worker:
                 for run, kind in self._write_outcomes_batched([(r, o) for r, o in pending if not r.finished]):
                     kinds.append(kind)
                     published.append(run.job)
+                durable = events.promise_final(published)
                 self._mark_started()
                 if limit > 0:
                     claimed = self._claim_rows(limit, start_now)
@@ -612,7 +631,7 @@ class Worker:
         for job in claimed:  # slots first, then the events of the runs that ended
             self._counts["claimed"] += 1
             self._start(job)
-        self._announce(published)
+        self._announce(published, durable)
         return len(claimed)
 
     def _unmarked(self) -> list[_Run]:
@@ -741,16 +760,19 @@ class Worker:
             changes.update(log=log, log_count=count)
         return changes
 
-    def _announce(self, jobs: list[Job]) -> None:
+    def _announce(self, jobs: list[Job], durable: bool = True) -> None:
+        """After the commit that wrote ``jobs``: publish their events, then send task_finished for
+        the final ones. With ``durable`` (jobs.events.promise_final wrote them in that transaction)
+        the final events and notifications are already on their way from the outbox."""
         for job in jobs:
-            events.publish_job(job)
+            if not (durable and job.is_final):
+                events.publish_job(job)
         for job in jobs:
             if job.is_final:
                 try:
                     task_finished.send(sender=type(self.backend), task_result=self.backend.result_from_job(job))
                 except Exception:
                     logger.exception("A task_finished receiver failed for job %s", job.pk)
-                events.notify_owner_of(job)
 
     # Periodic work --------------------------------------------------------------------------
 
@@ -837,10 +859,11 @@ class Worker:
                     if run.finished:
                         break
                 self._abandon(run)
+            durable = events.promise_final(written)
         for run in late:
             if run.thread_id is not None and run.state.in_task:
                 _raise_in_thread(run.thread_id, JobTimeout)
-        self._announce(written)
+        self._announce(written, durable)
 
     def _sweep_stale(self) -> None:
         """Re-queue (attempts left) or fail (none left) RUNNING jobs of workers that stopped heartbeating."""
@@ -852,6 +875,7 @@ class Worker:
             .exclude(worker_id=self.worker_id)[:100]
         )
         handled: list[Job] = []
+        durable = True
         for job in candidates:
             last = job.heartbeat_at.isoformat() if job.heartbeat_at else "never"
             if job.started_at is None:  # prefetched, never started: the attempt does not count
@@ -870,12 +894,16 @@ class Worker:
                 changes = dict(status=JobStatus.FAILED, finished_at=now,
                                error_type=f"{WorkerLost.__module__}.{WorkerLost.__qualname__}",
                                error_message=message, error_traceback="")
-            if job.cas_update(**changes):  # a conflict means the job moved on: leave it
+            with transaction.atomic():  # a final state and what it promises commit together
+                changed = job.cas_update(**changes)  # a conflict means the job moved on: leave it
+                if changed:
+                    durable = events.promise_final([job]) and durable
+            if changed:
                 logger.warning("Job %s: %s", job.pk, "re-queued" if job.status == JobStatus.READY else "failed (worker lost)")
                 handled.append(job)
                 self._counts["recovered"] += 1
         if handled:
-            self._announce(handled)
+            self._announce(handled, durable)
             if any(job.status == JobStatus.READY for job in handled):
                 self._claim_now = True
                 for queue in {job.queue for job in handled if job.status == JobStatus.READY}:
@@ -967,6 +995,56 @@ class Worker:
         self._announce(released)
         for queue in {job.queue for job in released}:
             events.publish_wakeup(queue)
+
+    # The outbox relay ---------------------------------------------------------------------
+
+    def _attach_relay(self) -> Any:
+        """This process's outbox relay, now deleting confirmed rows from this loop; None without
+        the notifications app (nothing is written to an outbox then)."""
+        if not events.outbox_installed():
+            return None
+        from notifications.outbox import get_relay
+
+        relay = get_relay()
+        relay.attach()
+        try:
+            relay.publisher().start()  # connected by the first relay turn, even with --no-wakeup
+        except Exception:
+            logger.exception("Worker %s: no STOMP publisher for the outbox relay", self.worker_id)
+        return relay
+
+    def _outbox_interval(self) -> float:
+        if self._relay is None:
+            return OUTBOX_TICK
+        from notifications import conf as notifications_conf
+
+        return max(0.05, min(OUTBOX_TICK, float(notifications_conf.get("OUTBOX_RETRY_AFTER")) / 4))
+
+    def _relay_outbox(self) -> None:
+        """Delete the rows the broker confirmed; publish rows overdue anywhere (a dead process's)."""
+        relay = self._relay
+        if relay is None:
+            return
+        relay.delete_confirmed()
+        if not self.stopping:
+            relay.recover()
+
+    def _detach_relay(self) -> None:
+        relay, self._relay = self._relay, None
+        if relay is None:
+            return
+        from notifications.outbox import DRAIN_TIMEOUT
+
+        try:
+            if not relay.drain(DRAIN_TIMEOUT, recover=self._stop_count < 2):
+                stats = relay.stats()
+                logger.warning("Worker %s: exiting with %d outbox message(s) not confirmed by the broker; any "
+                               "worker's relay publishes them later", self.worker_id, stats.unconfirmed)
+        except Exception:
+            logger.exception("Worker %s: could not drain the outbox; any worker's relay publishes the rest later",
+                             self.worker_id)
+        finally:
+            relay.detach()
 
     # Infrastructure -------------------------------------------------------------------------
 

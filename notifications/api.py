@@ -1,21 +1,25 @@
 """notify(), broadcast(), unread_count(), mark_read(): the notifications API, callable from any process.
 
-The row is written first; the STOMP event goes out after the transaction commits (principle 1:
-the database is the source of truth, a lost event only delays a toast until the next load).
+A notification is durable (DESIGN principle 8): its row and an outbox row for its event are
+written in the caller's transaction; the event is published after the commit and again until
+the broker confirms it (notifications.outbox), so a process killed after the commit loses
+nothing. Read-state updates (mark_read) are not durable: the next page load or sync has them.
 """
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from typing import Any
 
-from django.db import transaction
+from django.db import models, router, transaction
 from django.utils import timezone
 
 from . import destinations
 from .models import Level, Notification
 from .live import publish as publish_event  # re-exported: callable from any Django code
+from .outbox import publish_durable_many
 
-__all__ = ["notify", "broadcast", "unread_count", "mark_read", "recent", "publish_event"]
+__all__ = ["notify", "notify_many", "broadcast", "unread_count", "mark_read", "recent", "publish_event"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,41 +51,69 @@ def _validated(title: str, text: str, level: str, link: str) -> tuple[str, str, 
     return title, text or "", level, link or ""
 
 
-def _publish_notification(notification_id: int) -> None:
-    try:
-        notification = Notification.objects.get(pk=notification_id)
-    except Notification.DoesNotExist:
-        return  # deleted before the commit hook ran: nothing to announce
-    if notification.recipient_id is None:
-        publish_event(destinations.NOTIFICATIONS_BROADCAST, notification.to_event())
-        return
-    unread = Notification.objects.unread_for(notification.recipient_id).count()
-    publish_event(
-        destinations.user_notifications(notification.recipient_id), notification.to_event(unread=unread)
-    )
+def _save_and_promise(rows: list[Notification]) -> list[Notification]:
+    """Insert the rows and their events' outbox rows, in one transaction (the caller's if any)."""
+    db = router.db_for_write(Notification)
+    with transaction.atomic(using=db):
+        if len(rows) == 1:
+            rows[0].save(using=db, force_insert=True)
+        else:
+            Notification.objects.using(db).bulk_create(rows)
+            if any(row.pk is None for row in rows):  # a database that cannot return the new ids
+                raise RuntimeError("notify_many() needs a database that returns ids from a bulk INSERT")
+        recipients = {row.recipient_id for row in rows if row.recipient_id is not None}
+        unread = dict(
+            Notification.objects.using(db)
+            .filter(recipient_id__in=recipients, read=False)
+            .values_list("recipient_id")
+            .annotate(n=models.Count("id"))
+            .order_by()
+        ) if recipients else {}
+        publish_durable_many(
+            [
+                (destinations.NOTIFICATIONS_BROADCAST, row.to_event())
+                if row.recipient_id is None
+                else (destinations.user_notifications(row.recipient_id), row.to_event(unread=unread.get(row.recipient_id, 0)))
+                for row in rows
+            ],
+            using=db,
+        )
+    return rows
 
 
 def notify(user, *, title: str, text: str = "", level: str = "info", link: str = "") -> Notification:
-    """Save a notification for one user, then publish it to their topic once the transaction commits.
+    """Save a notification for one user and promise its event to their topic (published after commit).
 
     `user` is a user instance or a user id. Raises ValueError for an empty title, an unknown level,
-    or a title or link that does not fit.
+    or a title or link that does not fit; nothing is written then.
     """
     user_id = _user_id(user)
     title, text, level, link = _validated(title, text, level, link)
-    notification = Notification.objects.create(
-        recipient_id=user_id, title=title, text=text, level=level, link=link
-    )
-    transaction.on_commit(lambda: _publish_notification(notification.pk))
-    return notification
+    return _save_and_promise([Notification(recipient_id=user_id, title=title, text=text, level=level, link=link)])[0]
+
+
+def notify_many(items: Iterable[tuple[Any, dict[str, str]]]) -> list[Notification]:
+    """notify() for many (user, {"title": ..., "text": ..., "level": ..., "link": ...}) pairs at once:
+    one INSERT for the notifications, one for their events. Every item is validated first."""
+    rows = []
+    for user, fields in items:
+        user_id = _user_id(user)
+        unknown = set(fields) - {"title", "text", "level", "link"}
+        if unknown:
+            raise ValueError(f"notify_many() got unknown field(s): {', '.join(sorted(unknown))}")
+        title, text, level, link = _validated(
+            fields.get("title", ""), fields.get("text", ""), fields.get("level", "info"), fields.get("link", "")
+        )
+        rows.append(Notification(recipient_id=user_id, title=title, text=text, level=level, link=link))
+    if not rows:
+        return []
+    return _save_and_promise(rows)
 
 
 def broadcast(*, title: str, text: str = "", level: str = "info", link: str = "") -> Notification:
-    """Save a notification for every user (no recipient), then publish it to the broadcast topic."""
+    """Save a notification for every user (no recipient) and promise its event to the broadcast topic."""
     title, text, level, link = _validated(title, text, level, link)
-    notification = Notification.objects.create(recipient=None, title=title, text=text, level=level, link=link)
-    transaction.on_commit(lambda: _publish_notification(notification.pk))
-    return notification
+    return _save_and_promise([Notification(recipient=None, title=title, text=text, level=level, link=link)])[0]
 
 
 def unread_count(user) -> int:

@@ -17,3 +17,4 @@ class NotificationsConfig(AppConfig):
         # Every installed app's live.py declares its destinations, as admin.py registers models.
         live.autodiscover()
         django_checks.register(live.check_declarations)
+        from . import outbox  # noqa: F401  (registers the outbox settings check)

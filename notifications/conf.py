@@ -31,6 +31,15 @@ DEFAULTS: dict[str, Any] = {
     # Seconds a SUBSCRIBE or a batch of SENDs may wait for the broker's RECEIPT; past it the
     # connection is taken for dead (a broker that stopped processing): reconnect, resubscribe, resend.
     "RECEIPT_TIMEOUT": 10.0,
+    # The outbox (notifications.outbox): a durable event (a notification, a job's final event)
+    # not confirmed by the broker this many seconds after its commit is published again by any
+    # worker's relay (the bound doubles with each further try, up to 32 times);
+    "OUTBOX_RETRY_AFTER": 10.0,
+    # rows a relay claims at once;
+    "OUTBOX_BATCH": 100,
+    # and a row still unconfirmed after this many seconds is deleted, counted and logged as an
+    # ERROR (the database keeps the truth it announced; pages catch up on load).
+    "OUTBOX_MAX_AGE": 86_400.0,
     # Origins allowed to open the WebSocket, besides the site's own host (ALLOWED_HOSTS).
     "ALLOWED_ORIGINS": [],
     # How often an open WebSocket re-reads its session and permissions (seconds); a logout in

@@ -1,11 +1,13 @@
-"""The Notification model: the database copy of every notification (the STOMP event is only a wake-up)."""
+"""The Notification model: the database copy of every notification (the STOMP event is only a
+wake-up); and OutboxMessage, an event promised to the broker (see notifications.outbox)."""
 from __future__ import annotations
 
 from django.conf import settings
+from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
 from django.utils import timezone
 
-__all__ = ["Level", "Notification"]
+__all__ = ["Level", "Notification", "OutboxMessage"]
 
 
 class Level(models.TextChoices):
@@ -73,3 +75,26 @@ class Notification(models.Model):
         if unread is not None:
             event["unread"] = unread
         return event
+
+
+class OutboxMessage(models.Model):
+    """An event that must reach the broker, written in the same transaction as the change it
+    announces (DESIGN principle 8). Deleted once the broker's RECEIPT covers every SEND of it;
+    see notifications.outbox for who publishes it and when."""
+
+    # Every destination gets the same payload (a job's final event goes to its own topic and to
+    # the all-jobs topic); the row is confirmed when the broker has all of them.
+    destinations = models.JSONField()
+    payload = models.JSONField(encoder=DjangoJSONEncoder)
+    created = models.DateTimeField(default=timezone.now)
+    # No relay claims the row before this time: its writer publishes it right after the commit
+    # and has until then to see it confirmed. A relay's claim pushes it on by the retry bound.
+    available_at = models.DateTimeField()
+    # Claims by a relay (the writer's own publish is not counted).
+    attempts = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        indexes = [models.Index(fields=["available_at", "id"], name="notif_outbox_due")]
+
+    def __str__(self) -> str:
+        return f"outbox #{self.pk} to {', '.join(self.destinations or [])}"

@@ -149,3 +149,16 @@ def write_file(text):
 
 def not_a_task():
     return None
+
+
+def _finish_slowly(sender, task_result, **kwargs) -> None:
+    """A task_finished receiver that records the job id, then sleeps: it widens the window between
+    a job's final commit and whatever a worker does after it (the SIGKILL tests kill it there)."""
+    _append(os.environ["SLOW_TASK_FINISHED_FILE"], task_result.id)
+    time.sleep(float(os.environ.get("SLOW_TASK_FINISHED_SECONDS", "60")))
+
+
+if os.environ.get("SLOW_TASK_FINISHED_FILE"):  # set only for the worker processes of those tests
+    from django.tasks.signals import task_finished
+
+    task_finished.connect(_finish_slowly, dispatch_uid="tests.jobs_tasks.finish_slowly")
