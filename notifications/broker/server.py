@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable
 
 from notifications.codec import (
     HEARTBEAT,
+    FRAME_END,
     HEARTBEAT_BYTES,
     Frame,
     FrameParser,
@@ -102,7 +103,7 @@ class QueuedMessage:
                 self._common10 = _common_block(self.destination, self.id, self.headers, len(self.body), False)
             common = self._common10
         if self._tail is None:
-            self._tail = b"\n" + self.body + b"\x00"
+            self._tail = b"\n" + self.body + FRAME_END
         return common, self._tail
 
 
@@ -349,7 +350,7 @@ class Connection(asyncio.Protocol):
         out.append(data)
 
     def send_frame(self, frame: Frame) -> None:
-        self.send(encode_frame(frame, self.version))
+        self.send(encode_frame(frame, self.version, eol=True))
 
     def flush(self) -> None:
         out = self.out
@@ -419,7 +420,7 @@ class Connection(asyncio.Protocol):
             headers.append(("receipt-id", receipt))
         body = (details or message).encode("utf-8")
         headers.append(("content-length", str(len(body))))
-        self.send(encode_frame(Frame("ERROR", tuple(headers), body), self.version))
+        self.send(encode_frame(Frame("ERROR", tuple(headers), body), self.version, eol=True))
         self.close()
 
     def close(self) -> None:
@@ -1038,7 +1039,7 @@ class Broker:
         message = f"Too many connections (the broker serves at most {self.max_connections})"
         transport = conn.transport
         conn.closing = True
-        transport.write(encode_frame(Frame("ERROR", (("message", message), ("content-type", "text/plain")), message.encode())))
+        transport.write(encode_frame(Frame("ERROR", (("message", message), ("content-type", "text/plain")), message.encode()), eol=True))
         # Closed at once, not lingering: under a flood, lingering sockets would hold descriptors.
         transport.close()
         if self._refusal_log_handle is None:
@@ -1211,7 +1212,7 @@ class Broker:
                 user_block = b""
             common = b"%s%s\n%scontent-length:%d\n" % (prefix, msg_id.encode(), user_block, len(body))
             common10: bytes | None = None
-            tail = b"\n" + body + b"\x00"
+            tail = b"\n" + body + FRAME_END
             sender = self.sender
             for sub in subs:
                 conn = sub.conn

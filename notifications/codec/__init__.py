@@ -5,7 +5,7 @@ the benchmarks all share it.
 """
 from __future__ import annotations
 
-from .encoder import HEARTBEAT_BYTES, encode_frame
+from .encoder import FRAME_END, HEARTBEAT_BYTES, encode_frame
 from .errors import LocalProtocolError, RemoteProtocolError, StompError
 from .escaping import escape, unescape
 from .frame import HEARTBEAT, Frame, Heartbeat
@@ -16,6 +16,7 @@ __all__ = [
     "Frame",
     "HEARTBEAT",
     "HEARTBEAT_BYTES",
+    "FRAME_END",
     "Heartbeat",
     "FrameParser",
     "encode_frame",

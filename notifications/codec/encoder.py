@@ -5,18 +5,22 @@ from .errors import LocalProtocolError
 from .escaping import UNESCAPED_COMMANDS, escape
 from .frame import Frame
 
-__all__ = ["encode_frame", "HEARTBEAT_BYTES"]
+__all__ = ["encode_frame", "HEARTBEAT_BYTES", "FRAME_END"]
 
 # What a peer sends when it has nothing else to say within its heart-beat period.
 HEARTBEAT_BYTES = b"\n"
+# The end of a frame as RabbitMQ and ActiveMQ write it (and encode_frame with eol=True).
+FRAME_END = b"\x00\n"
 
 
-def encode_frame(frame: Frame, version: str = "1.2") -> bytes:
+def encode_frame(frame: Frame, version: str = "1.2", *, eol: bool = False) -> bytes:
     """The wire bytes of ``frame`` for a connection speaking ``version``.
 
     Headers are written as given, in order (no content-length is added: a body containing a
-    NUL byte needs one, and a given content-length must match the body). Raises
-    LocalProtocolError for what STOMP cannot carry.
+    NUL byte needs one, and a given content-length must match the body). With ``eol`` the frame
+    ends with NUL and a newline (``frame = ... NULL *( EOL )``), as RabbitMQ and ActiveMQ end
+    theirs: some clients (PHP's stomp extension) read one byte past the NUL, and would eat
+    the next frame's first letter. Raises LocalProtocolError for what STOMP cannot carry.
     """
     command = frame.command
     if not (command.isalpha() and command.isascii()):
@@ -49,4 +53,4 @@ def encode_frame(frame: Frame, version: str = "1.2") -> bytes:
         head = "\n".join(lines).encode("utf-8")
     except UnicodeEncodeError as exc:
         raise LocalProtocolError(f"Headers cannot be encoded as UTF-8: {exc.reason}") from None
-    return b"".join((head, body, b"\x00"))
+    return b"".join((head, body, FRAME_END if eol else b"\x00"))

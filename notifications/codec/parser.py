@@ -331,6 +331,10 @@ class FrameParser:
                     raise RemoteProtocolError(f"Header line with an empty name: {_short(line)}")
         if "\\" in text and self.version != "1.0" and command not in UNESCAPED_COMMANDS:
             headers = [(unescape(name), unescape(value)) for name, value in headers]
+        elif self.version == "1.0" and (" " in text or "\t" in text):
+            # STOMP 1.0's examples padded headers ("ack: client"), and 1.0 clients such as
+            # stomper still write them so; 1.2 forbids trimming, 1.0 peers expect it.
+            headers = [(name.strip(" \t"), value.strip(" \t")) for name, value in headers]
         length: int | None = None
         if "content-length:" in text:
             for name, value in headers:

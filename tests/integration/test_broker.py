@@ -46,7 +46,8 @@ class RawClient:
         return True
 
     def raw_frame(self, timeout: float = 5.0, keep_heartbeats: bool = False) -> bytes:
-        """The bytes of the next frame up to its NUL (heart-beat EOLs before it dropped)."""
+        """The bytes of the next frame up to its NUL (heart-beat EOLs before it dropped, and the
+        newline the broker writes after each NUL taken with its frame)."""
         deadline = time.monotonic() + timeout
         while True:
             if not keep_heartbeats:
@@ -54,6 +55,8 @@ class RawClient:
             end = self.buf.find(b"\x00")
             if end >= 0 and self.buf:
                 frame, self.buf = self.buf[: end + 1], self.buf[end + 1 :]
+                if self.buf.startswith(b"\n"):
+                    self.buf = self.buf[1:]
                 return frame
             if not self._read(deadline):
                 raise AssertionError(f"no frame within {timeout} s (eof={self.eof}, pending={self.buf[:80]!r})")
@@ -888,7 +891,7 @@ async def test_run_serves_until_its_injected_shutdown_trigger_completes():
     assert (await asyncio.wait_for(reader.readuntil(b"\x00"), 5)).startswith(b"CONNECTED\n")
     stop.set()
     await asyncio.wait_for(task, 5)
-    error = await asyncio.wait_for(reader.readuntil(b"\x00"), 5)
+    error = (await asyncio.wait_for(reader.readuntil(b"\x00"), 5)).lstrip(b"\n")  # the EOL ending CONNECTED
     assert error.startswith(b"ERROR\nmessage:Broker shutting down\n")
     writer.close()
 
@@ -1039,3 +1042,38 @@ def test_connections_past_the_limit_get_an_error_and_are_counted_and_logged_once
     while broker.stats().connections_current > 1 and time.monotonic() < deadline:
         time.sleep(0.02)
     clients(broker.port)  # a place is free again
+
+
+# --- Frame endings --------------------------------------------------------------------------
+
+
+def _read_exactly(sock: socket.socket, count: int) -> bytes:
+    data = b""
+    while len(data) < count:
+        chunk = sock.recv(count - len(data))
+        assert chunk, data
+        data += chunk
+    return data
+
+
+def test_every_frame_the_broker_writes_ends_with_nul_and_a_newline(embedded_broker):
+    # As RabbitMQ and ActiveMQ do: PHP's stomp extension reads one byte past the NUL.
+    with socket.create_connection(("127.0.0.1", embedded_broker.port), timeout=5) as sock:
+        sock.sendall(CONNECT)
+        connected = b""
+        while not connected.endswith(b"\x00"):
+            connected += sock.recv(1)
+        assert sock.recv(1) == b"\n"
+        sock.sendall(b"SUBSCRIBE\ndestination:/topic/end\nid:0\nreceipt:r1\n\n\x00")
+        expected = b"RECEIPT\nreceipt-id:r1\n\n\x00\n"
+        assert _read_exactly(sock, len(expected)) == expected
+        sock.sendall(b"SEND\ndestination:/topic/end\n\nhi\x00")
+        message = b""
+        while not message.endswith(b"hi\x00"):
+            message += sock.recv(1)
+        assert message.startswith(b"MESSAGE\n") and sock.recv(1) == b"\n"
+        sock.sendall(b"FOO\n\n\x00")
+        error = b""
+        while not error.endswith(b"\x00"):
+            error += sock.recv(1)
+        assert error.startswith(b"ERROR\n") and sock.recv(1) == b"\n"

@@ -186,6 +186,18 @@ def test_headers_are_not_unescaped_in_stomp_1_0(parse):
     assert frame.get("x") == "a\\nb\\t"
 
 
+def test_padded_headers_of_stomp_1_0_are_trimmed(parse):
+    assert parse(b"SUBSCRIBE\ndestination: /queue/a\nack: client \n\n\x00", version="1.0") == [
+        Frame("SUBSCRIBE", (("destination", "/queue/a"), ("ack", "client")))
+    ]
+
+
+def test_padded_headers_of_stomp_1_2_are_kept_as_they_are(parse):
+    assert parse(b"SEND\ndestination:/queue/a\nx: padded \n\n\x00") == [
+        Frame("SEND", (("destination", "/queue/a"), ("x", " padded ")))
+    ]
+
+
 def test_a_connect_without_accept_version_makes_the_parser_speak_1_0(parse):
     frames = parse(b"CONNECT\n\n\x00SEND\ndestination:/q\nx:a\\tb\n\n\x00")
     assert frames[1].get("x") == "a\\tb"
@@ -414,6 +426,16 @@ def test_encode_refuses_a_nul_body_without_content_length():
 def test_encode_refuses_a_content_length_that_does_not_match_the_body():
     with pytest.raises(LocalProtocolError, match="does not match the body of 3 bytes"):
         encode_frame(Frame("SEND", (("content-length", "2"),), b"abc"))
+
+
+def test_encode_with_eol_ends_the_frame_with_nul_and_a_newline():
+    assert encode_frame(Frame("RECEIPT", (("receipt-id", "r1"),)), eol=True) == b"RECEIPT\nreceipt-id:r1\n\n\x00\n"
+
+
+def test_a_frame_ending_with_nul_and_a_newline_is_a_frame_then_a_heartbeat(parse):
+    assert parse(b"RECEIPT\nreceipt-id:r1\n\n\x00\nRECEIPT\nreceipt-id:r2\n\n\x00\n") == [
+        Frame("RECEIPT", (("receipt-id", "r1"),)), HEARTBEAT, Frame("RECEIPT", (("receipt-id", "r2"),)), HEARTBEAT
+    ]
 
 
 def test_encode_refuses_a_command_that_is_not_letters():
