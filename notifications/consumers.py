@@ -28,9 +28,11 @@ socket's write buffer, so a browser that reads slowly is buffered by daphne, not
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import json
 import logging
+import sys
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -119,8 +121,15 @@ class ConsumerStats:
 
 stats = ConsumerStats()
 
+# WebSocket close code for a server that stops (RFC 6455 "going away"): reconnect elsewhere now.
+GOING_AWAY = 1001
+# How long a stopping server waits for those close frames to go out.
+SHUTDOWN_CLOSE_TIMEOUT = 2.0
+
 # Sockets of this process by session key, for user_logged_out.
 _by_session: dict[str, weakref.WeakSet] = {}
+# Every open socket of this process, for a graceful stop of the server.
+_open: weakref.WeakSet = weakref.WeakSet()
 
 
 @dataclass(eq=False)
@@ -204,6 +213,8 @@ class StompConsumer(AsyncWebsocketConsumer):
         self.writes: list[bytes | str] = []  # encoded frames, sent in order by _flush_pending_writes
         self.overflowing = False
         await self.accept(subprotocol)
+        _open.add(self)
+        _close_on_server_stop()
 
     async def disconnect(self, code: int) -> None:
         await self._teardown()
@@ -701,6 +712,21 @@ class StompConsumer(AsyncWebsocketConsumer):
             return False
         return True
 
+    async def going_away(self) -> None:
+        """The server is stopping: end the session and close with 1001 so the client reconnects at once."""
+        if self.closing:
+            return
+        await self._teardown()
+        # ASGI's websocket.close reaches autobahn's sendClose, which allows an application only
+        # 1000 and 3000-4999; 1001 is the server's own word, sent on daphne's protocol itself
+        # (daphne's send callable is a partial of its handle_reply with the protocol).
+        send = self.base_send
+        protocol = send.args[0] if isinstance(send, functools.partial) and send.args else None
+        if hasattr(protocol, "sendCloseFrame"):
+            protocol.sendCloseFrame(code=GOING_AWAY, reasonUtf8=b"server stopping", isReply=False)
+        else:
+            await send({"type": "websocket.close", "code": GOING_AWAY})
+
     def session_logged_out(self) -> None:
         """user_logged_out for our session in this process: end everything now."""
         if not self.closing:
@@ -724,6 +750,7 @@ class StompConsumer(AsyncWebsocketConsumer):
         if not hasattr(self, "subs") or self.closing:
             return  # refused during the handshake, or already torn down
         self.closing = True
+        _open.discard(self)
         for sub in list(self.subs.values()):
             self._drop_subscription(sub)
         if self.hub is not None:
@@ -884,6 +911,48 @@ def _supervisor() -> _Supervisor:
     if supervisor is None:
         supervisor = _supervisors[loop] = _Supervisor()
     return supervisor
+
+
+_stop_hook_installed = False
+
+
+def _close_on_server_stop() -> None:
+    """Under daphne (Twisted's reactor), close every socket with 1001 before the server stops.
+
+    Daphne stops (SIGTERM, SIGINT) by cancelling every application instance and dropping the
+    connections: browsers see 1006 with no close frame and wait before reconnecting. A
+    "before shutdown" trigger runs while the reactor still writes, so the close frames go out.
+    Other servers (uvicorn, hypercorn) close sockets on shutdown themselves.
+    """
+    global _stop_hook_installed
+    if _stop_hook_installed:
+        return
+    reactor = sys.modules.get("twisted.internet.reactor")
+    if reactor is None or not getattr(reactor, "running", False):
+        return
+    _stop_hook_installed = True
+    reactor.addSystemEventTrigger("before", "shutdown", _close_all_going_away)
+
+
+def _close_all_going_away():
+    consumers = [c for c in list(_open) if not c.closing]
+    if not consumers:
+        return None
+    from twisted.internet import defer
+
+    logger.info("Server stopping: closing %d WebSockets with %d (going away)", len(consumers), GOING_AWAY)
+
+    async def close_all() -> None:
+        tasks = [asyncio.ensure_future(c.going_away()) for c in consumers]
+        done, pending = await asyncio.wait(tasks, timeout=SHUTDOWN_CLOSE_TIMEOUT)
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                logger.warning("Closing a WebSocket on stop failed: %r", task.exception())
+        if pending:
+            logger.warning("%d WebSockets were not closed within %.1f s of the stop", len(pending), SHUTDOWN_CLOSE_TIMEOUT)
+        await asyncio.sleep(0.05)  # one more turn of the reactor writes the last close frames
+
+    return defer.Deferred.fromFuture(asyncio.ensure_future(close_all()))
 
 
 @receiver(user_logged_out, dispatch_uid="notifications.consumers.logged_out")
