@@ -185,6 +185,24 @@ def check_embedded_broker(app_configs=None, **kwargs):
                     id="notifications.E030",
                 )
             )
+    certfile, keyfile = settings.get("CERTFILE"), settings.get("KEYFILE")
+    if keyfile and not certfile:
+        errors.append(
+            Error(
+                "NOTIFICATIONS['EMBEDDED_BROKER']['KEYFILE'] is set without CERTFILE.",
+                hint="Set CERTFILE to the PEM certificate chain the key belongs to.",
+                id="notifications.E031",
+            )
+        )
+    for key, path in (("CERTFILE", certfile), ("KEYFILE", keyfile)):
+        if path and not os.path.isfile(path):
+            errors.append(
+                Error(
+                    f"NOTIFICATIONS['EMBEDDED_BROKER']['{key}'] is {str(path)!r}, which is not a file.",
+                    hint="Give the path of a PEM file readable by the broker process.",
+                    id="notifications.E031",
+                )
+            )
     return errors
 
 

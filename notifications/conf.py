@@ -61,6 +61,10 @@ DEFAULTS: dict[str, Any] = {
         "MAX_MEMORY": 256 * 1024 * 1024,
         # Seconds a frame has, from its first byte, to arrive whole.
         "FRAME_TIMEOUT": 30.0,
+        # TLS: a PEM certificate chain and its private key (None: in the certificate file). With
+        # a certificate the broker speaks only TLS; clients use stomp+ssl:// URLs.
+        "CERTFILE": None,
+        "KEYFILE": None,
     },
 }
 

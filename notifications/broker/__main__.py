@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="bytes held for all clients together, e.g. 256M (default 256M)")
     parser.add_argument("--frame-timeout", type=float, default=_Defaults.frame_timeout, metavar="SECONDS",
                         help=f"seconds a frame has to arrive whole (default {_Defaults.frame_timeout:g})")
+    parser.add_argument("--certfile", default=None, help="PEM certificate chain: listen with TLS (stomp+ssl://)")
+    parser.add_argument("--keyfile", default=None, help="the certificate's private key (default: in --certfile)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     args = parser.parse_args(argv)
     try:
@@ -37,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     broker = Broker(BrokerConfig(
         host=args.host, port=args.port, users=users, data_file=args.data_file, max_memory=max_memory,
-        frame_timeout=args.frame_timeout,
+        frame_timeout=args.frame_timeout, certfile=args.certfile, keyfile=args.keyfile,
     ))
 
     async def serve() -> None:
@@ -50,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         asyncio.run(serve(), loop_factory=new_event_loop)
+    except ValueError as exc:  # a TLS certificate or key that cannot be used
+        print(str(exc), file=sys.stderr)
+        return 2
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             print(f"Port {args.port} on {args.host} is already in use: pass another --port.", file=sys.stderr)

@@ -30,6 +30,10 @@ class BrokerConfig:
     users: Mapping[str, str] = field(default_factory=dict)
     # SQLite file keeping messages waiting in /queue/ destinations across restarts; None: memory only.
     data_file: str | os.PathLike[str] | None = None
+    # TLS: a PEM certificate chain and its private key (None: in the certificate file). With a
+    # certificate the broker speaks TLS only, on the same port; its URL is stomp+ssl://.
+    certfile: str | os.PathLike[str] | None = None
+    keyfile: str | os.PathLike[str] | None = None
     # Accepted CONNECT `host` values; None accepts any.
     virtual_hosts: frozenset[str] | None = None
     limits: Limits = field(default_factory=Limits)

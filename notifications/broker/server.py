@@ -26,6 +26,7 @@ import logging
 import os
 import secrets
 import socket
+import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable
 
@@ -896,14 +897,41 @@ class Broker:
 
     @property
     def url(self) -> str:
-        return f"stomp://{self.config.host}:{self._port}"
+        scheme = "stomp+ssl" if self.config.certfile else "stomp"
+        return f"{scheme}://{self.config.host}:{self._port}"
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        """The server side of TLS when a certificate is configured; ValueError saying what is wrong."""
+        config = self.config
+        if not config.certfile:
+            if config.keyfile:
+                raise ValueError("A TLS key file was given without its certificate (certfile)")
+            return None
+        for path in (config.certfile, config.keyfile):
+            if path and not os.path.isfile(path):
+                raise ValueError(f"TLS certificate or key file not found: {os.fspath(path)}")
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(config.certfile, config.keyfile)
+        except (ssl.SSLError, OSError) as exc:
+            key = f" with the key {config.keyfile}" if config.keyfile else ""
+            raise ValueError(
+                f"Cannot use the TLS certificate {config.certfile}{key}: {exc}. Give a PEM certificate"
+                " chain, and its private key unless the certificate file holds it"
+            ) from None
+        return context
 
     async def start(self) -> None:
-        """Open the data file (restoring queued messages) and start listening."""
+        """Open the data file (restoring queued messages) and start listening.
+
+        Raises ValueError for a TLS certificate or key that cannot be used, OSError when the
+        address cannot be bound.
+        """
         if self.server is not None:
             return
         self.loop = asyncio.get_running_loop()
         config = self.config
+        tls = self._tls_context()
         if config.data_file is not None:
             self._store = QueueStore(config.data_file)
             restored = 0
@@ -925,7 +953,8 @@ class Broker:
             )
         try:
             self.server = await self.loop.create_server(
-                lambda: Connection(self), config.host, config.port, reuse_address=True, backlog=1024
+                lambda: Connection(self), config.host, config.port, reuse_address=True, backlog=1024,
+                ssl=tls, ssl_handshake_timeout=config.connect_timeout if tls else None,
             )
         except BaseException:
             if self._store is not None:
@@ -934,7 +963,7 @@ class Broker:
             raise
         self._port = self.server.sockets[0].getsockname()[1]
         self._closed = asyncio.Event()
-        logger.info("STOMP broker listening on %s:%d", config.host, self._port)
+        logger.info("STOMP broker listening on %s:%d%s", config.host, self._port, " (TLS)" if tls else "")
 
     async def run(self, shutdown_trigger: Callable[[], Awaitable[object]] | None = None) -> None:
         """Start, serve until ``shutdown_trigger()`` completes (or close() is called), then close."""

@@ -28,6 +28,10 @@ class Command(BaseCommand):
                             help="bytes held for all clients together, e.g. 256M (default: EMBEDDED_BROKER MAX_MEMORY)")
         parser.add_argument("--frame-timeout", type=float, metavar="SECONDS",
                             help="seconds a frame has to arrive whole (default: EMBEDDED_BROKER FRAME_TIMEOUT, 30)")
+        parser.add_argument("--certfile", help="PEM certificate chain: listen with TLS, clients use stomp+ssl:// "
+                            "(default: EMBEDDED_BROKER CERTFILE)")
+        parser.add_argument("--keyfile", help="the certificate's private key (default: EMBEDDED_BROKER KEYFILE, "
+                            "or in the certificate file)")
         parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                             help="log level of the broker (default INFO)")
 
@@ -53,9 +57,12 @@ class Command(BaseCommand):
         frame_timeout = options["frame_timeout"] if options["frame_timeout"] is not None else settings["FRAME_TIMEOUT"]
         if frame_timeout <= 0:
             raise CommandError(f"--frame-timeout must be a positive number of seconds, not {frame_timeout:g}")
+        certfile = options["certfile"] or settings["CERTFILE"]
+        keyfile = options["keyfile"] or settings["KEYFILE"]
         logging.getLogger("notifications.broker").setLevel(options["log_level"])
         broker = Broker(BrokerConfig(
             host=host, port=port, users=users, data_file=data_file, max_memory=max_memory, frame_timeout=frame_timeout,
+            certfile=certfile, keyfile=keyfile,
         ))
 
         async def serve() -> None:
@@ -70,6 +77,8 @@ class Command(BaseCommand):
 
         try:
             asyncio.run(serve(), loop_factory=new_event_loop)
+        except ValueError as exc:  # a TLS certificate or key that cannot be used
+            raise CommandError(str(exc)) from None
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise CommandError(
