@@ -3,7 +3,7 @@
 Ids: notifications.E001-E009 for the settings, E03x for the embedded broker's, E040-E049 and
 W040-W049 for what a project adds when it installs the apps (INSTALLED_APPS, the ASGI
 application, the URLs; every message names the line to add or fix). E020-E024 are the live
-registry's (notifications.live).
+registry's (notifications.live), E05x the outbox's (notifications.outbox).
 """
 from __future__ import annotations
 

@@ -449,18 +449,18 @@ def get_relay() -> Relay:
 
 @register()
 def check_outbox(app_configs=None, **kwargs) -> list[Error]:
-    """The OUTBOX_* settings are positive numbers (notifications.E040)."""
+    """The OUTBOX_* settings are positive numbers (notifications.E050)."""
     errors = []
     for key, whole in (("OUTBOX_RETRY_AFTER", False), ("OUTBOX_BATCH", True), ("OUTBOX_MAX_AGE", False)):
         value = conf.get(key)
         kind = int if whole else (int, float)
         if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
             need = "a whole number of at least 1" if whole else "a number of seconds greater than 0"
-            errors.append(Error(f"NOTIFICATIONS['{key}'] is {value!r}; it must be {need}.", id="notifications.E040"))
+            errors.append(Error(f"NOTIFICATIONS['{key}'] is {value!r}; it must be {need}.", id="notifications.E050"))
     retry, max_age = conf.get("OUTBOX_RETRY_AFTER"), conf.get("OUTBOX_MAX_AGE")
     if not errors and max_age <= retry:
         errors.append(Error(
             f"NOTIFICATIONS['OUTBOX_MAX_AGE'] ({max_age}) must be longer than OUTBOX_RETRY_AFTER ({retry}): "
-            "rows would expire before any relay retried them.", id="notifications.E040",
+            "rows would expire before any relay retried them.", id="notifications.E050",
         ))
     return errors

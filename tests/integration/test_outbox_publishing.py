@@ -1,0 +1,82 @@
+"""The outbox on real brokers (embedded, RabbitMQ, ActiveMQ): a durable message reaches a stomp.py
+subscriber after the commit and its row goes once the broker confirmed it; a relay publishes
+rows their writer left behind."""
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import timedelta
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.db import transaction
+from django.utils import timezone
+
+from notifications import api, destinations, outbox
+from notifications import publisher as publisher_module
+from notifications.models import OutboxMessage
+from tests.integration.test_job_events import Subscriber
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(90)]
+
+
+@pytest.fixture
+def broker(stomp_broker_url, settings):
+    settings.NOTIFICATIONS = {**settings.NOTIFICATIONS, "BROKER_URL": stomp_broker_url,
+                              "RECONNECT_MIN": 0.05, "RECONNECT_MAX": 0.2}
+    publisher_module._publisher = None
+    yield stomp_broker_url
+    made, publisher_module._publisher = publisher_module._publisher, None
+    if made is not None:
+        made.close()
+
+
+@pytest.fixture
+def subscriber(broker):
+    sub = Subscriber(broker)
+    yield sub
+    sub.close()
+
+
+def wait_until_no_rows(timeout: float = 10.0) -> int:
+    deadline = time.monotonic() + timeout
+    while OutboxMessage.objects.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return OutboxMessage.objects.count()
+
+
+def test_a_durable_message_arrives_after_the_commit_and_its_row_is_deleted_once_confirmed(broker, subscriber):
+    destination = f"/topic/outbox-test.{uuid.uuid4().hex}"
+    subscriber.subscribe(destination)
+    with transaction.atomic():
+        outbox.publish_durable(destination, {"order": 12, "state": "paid"})
+        time.sleep(0.3)  # long enough for a message published too early to arrive
+        before_commit = list(subscriber.events)
+    events = subscriber.wait_until(lambda evs: len(evs) >= 1)
+    assert (before_commit, events) == ([], [(destination, {"order": 12, "state": "paid"})])
+    assert wait_until_no_rows() == 0
+
+
+def test_a_notification_reaches_its_users_topic_with_the_unread_count(broker, subscriber):
+    alice = get_user_model().objects.create_user("alice")
+    subscriber.subscribe(destinations.user_notifications(alice.pk))
+    n = api.notify(alice, title="Export ready", text="2,000 rows", level="success", link="/jobs/1/")
+    [(_, event)] = subscriber.wait_until(lambda evs: len(evs) >= 1)
+    assert event == {"type": "notification", "id": n.pk, "level": "success", "title": "Export ready",
+                     "text": "2,000 rows", "link": "/jobs/1/", "created": n.created.isoformat(), "read": False,
+                     "unread": 1}
+    assert wait_until_no_rows() == 0
+
+
+def test_a_relay_publishes_rows_left_overdue_and_deletes_them_once_confirmed(broker, subscriber):
+    destination = f"/topic/outbox-test.{uuid.uuid4().hex}"
+    subscriber.subscribe(destination)
+    past = timezone.now() - timedelta(seconds=30)
+    OutboxMessage.objects.bulk_create([
+        OutboxMessage(destinations=[destination], payload={"n": n}, created=past, available_at=past) for n in range(5)
+    ])
+    relay = outbox.Relay()
+    assert relay.drain(10, recover=True) is True
+    events = subscriber.wait_until(lambda evs: len(evs) >= 5)
+    assert [e["n"] for _, e in events] == [0, 1, 2, 3, 4]
+    assert (OutboxMessage.objects.count(), relay.stats().recovered, relay.stats().deleted) == (0, 5, 5)
