@@ -65,6 +65,10 @@ DEFAULTS: dict[str, Any] = {
     # behind a prune for long (bench/prune_bench.py measures it).
     "PRUNE_BATCH": 500,
     "PRUNE_BATCH_PAUSE": 0.05,
+    # Health (`manage.py jobhealth`): a due READY job waiting longer than this (seconds) makes
+    # its queue unhealthy; the broker must open a STOMP session within HEALTH_BROKER_TIMEOUT.
+    "HEALTH_MAX_READY_AGE": 300.0,
+    "HEALTH_BROKER_TIMEOUT": 5.0,
 }
 
 

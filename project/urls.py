@@ -10,4 +10,5 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("jobs/", include("jobs.urls")),
     path("notifications/", include("notifications.urls")),
+    path("ops/", include("jobs.ops_urls")),
 ]

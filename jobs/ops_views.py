@@ -1,0 +1,28 @@
+"""HTTP endpoints for operations: /ops/health/ for load balancers (and /ops/metrics, jobs.metrics)."""
+from __future__ import annotations
+
+from asgiref.sync import sync_to_async
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+
+from . import health as checks
+
+__all__ = ["health"]
+
+# How long the health view waits for this process's hub to connect (a load balancer's probe
+# usually allows a few seconds).
+HUB_TIMEOUT = 2.0
+
+
+@never_cache
+@require_GET
+async def health(request: HttpRequest) -> JsonResponse:
+    """200 {"status": "ok", ...} when this process has its database and its hub connected, else
+    503 {"status": "unhealthy", ...}; each check says why. No authentication: it shows no data."""
+    database = await sync_to_async(checks.check_database)()
+    hub = await checks.check_hub(HUB_TIMEOUT)
+    ok = database.ok and hub.ok
+    return JsonResponse({"status": "ok" if ok else "unhealthy",
+                         "checks": {"database": database.as_dict(), "hub": hub.as_dict()}},
+                        status=200 if ok else 503)
