@@ -40,7 +40,15 @@ from django.utils.module_loading import import_string
 from . import conf
 from .exceptions import InvalidArguments
 
-__all__ = ["JobBackend", "JobTask", "EnqueueOptions", "RUN_AFTER_TOLERANCE", "current_options", "load_task"]
+__all__ = [
+    "JobBackend",
+    "JobTask",
+    "EnqueueOptions",
+    "RUN_AFTER_TOLERANCE",
+    "current_options",
+    "load_task",
+    "install_task_log",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -257,3 +265,41 @@ class JobBackend(BaseTaskBackend):
             object.__setattr__(result, "_return_value", job.result)
         return result
 
+
+
+# django.tasks has no CANCELLED status: a cancelled job's TaskResult is FAILED with this error.
+_CANCELLED_ERROR = "jobs.exceptions.JobCancelled"
+
+
+def _is_cancelled(sender: Any, task_result: TaskResult) -> bool:
+    return (
+        isinstance(sender, type)
+        and issubclass(sender, JobBackend)
+        and task_result.status == TaskResultStatus.FAILED
+        and bool(task_result.errors)
+        and task_result.errors[-1].exception_class_path == _CANCELLED_ERROR
+    )
+
+
+def _log_task_finished(sender: Any, task_result: TaskResult, **kwargs: Any) -> None:
+    """django.tasks' own "Task id=... path=... state=..." line for a finished task, except that a
+    job cancelled on request (FAILED in django.tasks' terms) is logged at INFO as
+    state=CANCELLED: nothing failed, so it is no ERROR."""
+    from django.tasks import signals
+
+    if _is_cancelled(sender, task_result):
+        logging.getLogger("django.tasks").info(
+            "Task id=%s path=%s state=CANCELLED", task_result.id, task_result.task.module_path
+        )
+        return
+    signals.log_task_finished(sender, task_result=task_result, **kwargs)
+
+
+def install_task_log() -> None:
+    """Put _log_task_finished in place of django.tasks' receiver that logs finished tasks (for
+    every backend: it hands every other case to Django's). Called by JobsConfig.ready(); does
+    nothing when a project has already disconnected Django's receiver."""
+    from django.tasks import signals
+
+    if signals.task_finished.disconnect(signals.log_task_finished):
+        signals.task_finished.connect(_log_task_finished, dispatch_uid="jobs.backends.log_task_finished")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 
@@ -216,6 +217,32 @@ def test_cancelling_during_the_run_stops_a_cooperative_task(tmp_path):
     job = Job.objects.get(pk=result.id)
     assert (job.error_type, job.cancel_requested) == ("jobs.exceptions.JobCancelled", True)
     assert took < 2.0
+
+
+def finished_log_lines(caplog, result) -> list[tuple[str, str]]:
+    """django.tasks' log lines about the end of ``result`` (not its start, state=RUNNING)."""
+    return [(r.levelname, r.getMessage()) for r in caplog.records
+            if r.name == "django.tasks" and f"id={result.id} " in r.getMessage() and "state=RUNNING" not in r.getMessage()]
+
+
+def test_a_cancelled_job_is_logged_as_cancelled_at_info_not_as_a_failed_task(tmp_path, caplog):
+    runs = tmp_path / "runs"
+    result = jobs_tasks.wait_for_cancel.enqueue(str(runs), 20)
+    with caplog.at_level(logging.INFO, logger="django.tasks"), running_worker():
+        wait_until(lambda: jobs_tasks.runs_in(str(runs)))
+        Job.objects.get(pk=result.id).cancel()
+        wait_until(lambda: status_of(result) == "CANCELLED", timeout=5)
+        wait_until(lambda: finished_log_lines(caplog, result))
+    assert finished_log_lines(caplog, result) == [
+        ("INFO", f"Task id={result.id} path=tests.jobs_tasks.wait_for_cancel state=CANCELLED")]
+
+
+def test_a_failed_job_is_still_logged_as_an_error_by_django_tasks(caplog):
+    result = jobs_tasks.always_fail.enqueue()
+    with caplog.at_level(logging.INFO, logger="django.tasks"):
+        run_burst()
+    assert finished_log_lines(caplog, result) == [
+        ("ERROR", f"Task id={result.id} path=tests.jobs_tasks.always_fail state=FAILED")]
 
 
 def test_a_job_past_its_time_limit_fails_with_job_timeout():
