@@ -678,7 +678,7 @@ class Hub:
         self._first_attempt.set()
         self._drop_logged = False
         self._flush_outbox()
-        resync_task = asyncio.create_task(self._resubscribe(futures, subs if self._window is not None else []))
+        resync_task = asyncio.create_task(self._resubscribe(futures, subs))
         tasks = [
             asyncio.create_task(self._read_loop(reader, parser, expect_ms)),
             asyncio.create_task(self._receipt_deadline()),
@@ -731,13 +731,13 @@ class Hub:
                 self.stats.receipt_timeouts += 1
                 raise ConnectionError(f"no RECEIPT for {oldest.what} within {timeout:g} s")
 
-    async def _resubscribe(self, futures: list[asyncio.Future], windowed: list[_BrokerSubscription]) -> None:
-        """Renew the ``windowed`` subscriptions a window at a time (a broker with a byte window),
-        then wait for every receipt so listeners resync (read the database) only once the
-        broker delivers again."""
+    async def _resubscribe(self, futures: list[asyncio.Future], subs: list[_BrokerSubscription]) -> None:
+        """Renew ``subs`` a window at a time for a broker with a byte window (the others were
+        sent at connect, ``futures``), then wait for every receipt so their listeners resync
+        (read the database) only once the broker delivers again."""
         group: list[asyncio.Future] = []
         size = 0
-        for sub in windowed:
+        for sub in subs if self._window is not None else ():
             if self._subs.get(sub.destination) is not sub:
                 continue  # unsubscribed while an earlier group was confirmed
             futures.append(self._send_subscribe(sub))
@@ -751,7 +751,7 @@ class Hub:
         if futures and not all(await asyncio.gather(*futures)):
             return  # the connection ended first: the next one resyncs
         listeners: dict[int, Listener] = {}
-        for sub in self._subs.values():
+        for sub in subs:  # a subscription made on this connection has nothing to catch up
             listeners.update(sub.listeners)
         for listener in listeners.values():
             try:

@@ -42,7 +42,7 @@ import stomp
 
 from notifications import conf
 from notifications.codec import negotiate_heartbeat, parse_heartbeat
-from notifications.connection import BrokerState, session_summary, tls_error_text
+from notifications.connection import BrokerState, session_summary, ssl_context, tls_error_text
 
 __all__ = [
     "publish",
@@ -462,6 +462,8 @@ class Publisher:
                     backoff = self.reconnect_min
                     self._note_back()
                 self._pump()
+                if self._closing:
+                    break
                 # The connection was lost: the next broker first (the same one if it is alone).
                 self._lost_url = self.url
                 tried = 1
@@ -635,6 +637,10 @@ class Publisher:
             auto_decode=False,
         )
         if url.tls:
+            try:
+                ssl_context(url)  # stomp.py retries forever on a file it cannot find: check first
+            except OSError as exc:
+                return str(exc)
             # stomp.py verifies the certificate and the host name (a TLS client context), with
             # the system's CAs unless ca_file names others.
             conn.set_ssl(

@@ -7,6 +7,9 @@ connection to make broker outages.
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
+import socket
 
 import pytest
 
@@ -249,3 +252,177 @@ async def test_job_events_and_wakeups_sent_by_code_in_a_web_process_use_its_hub_
         assert process_hub.stats.connects == 1
     finally:
         await hub_module.shutdown()
+
+
+# ------------------------------------------------------------- any broker: what they get wrong
+
+
+async def test_unsubscribe_names_the_destination_as_well_as_the_id(hub, relay):
+    # StompServer ignores an UNSUBSCRIBE without destination and CoilMQ answers it with ERROR.
+    listener = Recorder()
+    await hub.subscribe("/topic/test.unsub", listener)
+    hub.unsubscribe("/topic/test.unsub", listener)
+    async with asyncio.timeout(5):
+        while not relay.commands("UNSUBSCRIBE"):
+            await asyncio.sleep(0.01)
+    subscribe, unsubscribe = relay.commands("SUBSCRIBE", "/topic/test.unsub")[0], relay.commands("UNSUBSCRIBE")[0]
+    assert (unsubscribe.get("id"), unsubscribe.get("destination")) == (subscribe.get("id"), "/topic/test.unsub")
+
+
+async def test_after_leaving_and_resubscribing_each_message_arrives_once(hub, sender):
+    first, second = Recorder(), Recorder()
+    await hub.subscribe("/topic/test.again", first)
+    hub.unsubscribe("/topic/test.again", first)
+    await hub.subscribe("/topic/test.again", second)
+    sender.publish("/topic/test.again", {"n": 1})
+    sender.publish("/topic/test.again", {"n": 2})
+    await second.wait_for(2)
+    await asyncio.sleep(0.3)  # a duplicate from a subscription the broker kept would be here by now
+    assert ([e.data for e in second.events], hub.stats.connects) == ([{"n": 1}, {"n": 2}], 1)
+
+
+async def test_a_message_to_the_hubs_own_subscription_arrives_once_and_its_receipt_confirms_it(hub):
+    # StompServer and CoilMQ copy the sender's receipt header into the MESSAGE: only the RECEIPT
+    # frame may count, and the MESSAGE must still be delivered.
+    listener = Recorder()
+    await hub.subscribe("/topic/test.own", listener)
+    hub.publish("/topic/test.own", {"own": True})
+    await listener.wait_for(1)
+    async with asyncio.timeout(5):
+        while hub.unconfirmed:
+            await asyncio.sleep(0.01)
+    await asyncio.sleep(0.2)
+    assert ([e.data for e in listener.events], hub.stats.publish_confirmed, hub.stats.connects) == ([{"own": True}], 1, 1)
+
+
+async def test_a_burst_of_publishes_far_larger_than_4_KiB_arrives_whole_on_one_connection(hub, sender):
+    # CoilMQ drops a connection when a frame straddles two of its 4 KiB reads.
+    listener = Recorder()
+    await sender.subscribe("/topic/test.burst", listener)
+    for i in range(300):
+        hub.publish("/topic/test.burst", {"n": i, "pad": "x" * 100})
+    await listener.wait_for(300, timeout=20)
+    assert ([e.data["n"] for e in listener.events], hub.stats.connects) == (list(range(300)), 1)
+
+
+async def test_a_broker_that_stops_confirming_is_dropped_counted_and_logged_and_the_unconfirmed_resent(
+    relay, every_stomp_broker_url, sender, caplog
+):
+    listener = Recorder()
+    await sender.subscribe("/topic/test.silent", listener)
+    hub = Hub(via(relay, every_stomp_broker_url), heartbeat_ms=0, receipt_timeout=0.5, reconnect_min=0.05, reconnect_max=0.3)
+    hub.start()
+    try:
+        assert await hub.wait_connected(15)
+        relay.frozen = True  # the broker takes the bytes and never answers
+        hub.publish("/topic/test.silent", {"n": 1})
+        async with asyncio.timeout(10):
+            while hub.stats.receipt_timeouts == 0:
+                await asyncio.sleep(0.02)
+        relay.frozen = False
+        relay.cut()
+        await listener.wait_for(1, timeout=15)
+        async with asyncio.timeout(10):
+            while hub.unconfirmed:
+                await asyncio.sleep(0.02)
+    finally:
+        await hub.close()
+    assert listener.events[0].data == {"n": 1}
+    assert (hub.stats.receipt_timeouts, hub.stats.publish_resent >= 1) == (1, True)
+    assert "no RECEIPT for 1 SEND frames within 0.5 s" in caplog.text
+
+
+async def test_the_connect_log_line_says_what_a_stomp_1_0_broker_negotiated(stompserver_stomp_url, caplog):
+    caplog.set_level(logging.INFO, logger="notifications.hub")
+    hub = Hub(stompserver_stomp_url)
+    hub.start()
+    try:
+        assert await hub.wait_connected(15)
+    finally:
+        await hub.close()
+    lines = [r.getMessage() for r in caplog.records if r.name == "notifications.hub" and "connected to" in r.getMessage()]
+    assert lines == [
+        f"STOMP hub connected to {stompserver_stomp_url}: no server header, STOMP 1.0 (messages routed by destination), "
+        "no heart-beats (the broker offers none), host header '/'"
+    ]
+
+
+async def test_the_connect_log_line_says_what_a_stomp_1_2_broker_negotiated(embedded_broker, caplog):
+    caplog.set_level(logging.INFO, logger="notifications.hub")
+    hub = Hub(embedded_broker.url, heartbeat_ms=4000)
+    hub.start()
+    try:
+        assert await hub.wait_connected(15)
+    finally:
+        await hub.close()
+    line = next(r.getMessage() for r in caplog.records if "STOMP hub connected to" in r.getMessage())
+    assert re.search(r": server 'notifications-broker/[\d.]+', STOMP 1\.2, heart-beats: sending every \d+ ms, "
+                     r"expecting every \d+ ms, host header '/'$", line), line
+
+
+@pytest.fixture
+async def coilmq_relay(coilmq_stomp_url):
+    url = parse_broker_url(coilmq_stomp_url)
+    relay = Relay(url.host, url.port)
+    await relay.start()
+    yield relay
+    await relay.close()
+
+
+async def test_coilmq_gets_the_machines_name_as_host_header_after_refusing_the_others(coilmq_relay, coilmq_stomp_url):
+    hub = Hub(via(coilmq_relay, coilmq_stomp_url), heartbeat_ms=0)
+    hub.start()
+    try:
+        assert await hub.wait_connected(15)
+    finally:
+        await hub.close()
+    hosts = [f.get("host") for f in coilmq_relay.commands("CONNECT")]
+    assert hosts == ["/", "127.0.0.1", socket.getfqdn()]
+
+
+async def test_a_path_in_the_url_forces_the_virtual_host_with_no_fallback(coilmq_relay, coilmq_stomp_url, caplog):
+    hub = Hub(via(coilmq_relay, coilmq_stomp_url) + "/elsewhere", reconnect_min=0.05, reconnect_max=0.1)
+    hub.start()
+    try:
+        assert await hub.wait_connected(1) is False
+    finally:
+        await hub.close()
+    assert {f.get("host") for f in coilmq_relay.commands("CONNECT")} == {"elsewhere"}
+    assert "broker refused the connection: Virtual hosting is not supported or host is unknown" in caplog.text
+
+
+async def test_coilmq_is_recognised_at_connect_with_one_warning_and_sent_no_heart_beats(coilmq_relay, coilmq_stomp_url, caplog):
+    hub = Hub(via(coilmq_relay, coilmq_stomp_url), heartbeat_ms=200, receipt_timeout=2)
+    hub.start()
+    try:
+        assert await hub.wait_connected(15)
+        await asyncio.sleep(0.8)  # four heart-beat intervals: CoilMQ would have stopped reading at the first
+        listener = Recorder()
+        await hub.subscribe("/topic/test.coil", listener)
+        hub.publish("/topic/test.coil", {"n": 1})
+        await listener.wait_for(1)
+    finally:
+        await hub.close()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "is coilmq/" in warnings[0] and "stops reading a connection at the first heart-beat" in warnings[0]
+    assert coilmq_relay.commands("CONNECT")[-1].get("heart-beat") == "0,200"
+    assert (hub.stats.connects, hub.stats.receipt_timeouts) == (1, 0)
+
+
+async def test_the_heartbeat_option_overrides_the_coilmq_workaround_and_the_receipt_deadline_catches_the_stall(
+    coilmq_relay, coilmq_stomp_url, caplog
+):
+    # What the issue saw: heart-beats on, CoilMQ stops reading, the hub used to wait forever.
+    hub = Hub(via(coilmq_relay, coilmq_stomp_url) + "?heartbeat=200", receipt_timeout=1, reconnect_min=0.05, reconnect_max=0.2)
+    hub.start()
+    try:
+        assert await hub.wait_connected(15)
+        await asyncio.sleep(0.5)  # a heart-beat has gone out
+        await hub.subscribe("/topic/test.coil.stall", Recorder())
+        async with asyncio.timeout(10):
+            while hub.stats.receipt_timeouts == 0:
+                await asyncio.sleep(0.05)
+    finally:
+        await hub.close()
+    assert coilmq_relay.commands("CONNECT")[-1].get("heart-beat") == "200,200"
+    assert "no RECEIPT for SUBSCRIBE /topic/test.coil.stall within 1 s" in caplog.text

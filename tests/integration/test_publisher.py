@@ -52,6 +52,7 @@ class Relay:
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self.accepted = 0
+        self.frozen = False  # bytes are held, not relayed: a broker that stopped processing
 
     def start(self) -> None:
         server = socket.socket()
@@ -87,10 +88,11 @@ class Relay:
                 t.start()
                 self._threads.append(t)
 
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
         try:
             while data := src.recv(65536):
+                while self.frozen:
+                    time.sleep(0.01)
                 dst.sendall(data)
         except OSError:
             pass
@@ -561,3 +563,84 @@ def test_publishing_to_a_destination_outside_topic_and_queue_is_refused_without_
     p.publish("/topic/", {"n": 2})
     assert p.stats().rejected == 2
     assert "destination must start with /topic/ or /queue/" in caplog.text
+
+
+def test_a_broker_that_stops_confirming_is_dropped_counted_and_logged_and_the_unconfirmed_resent(
+    broker_url, subscriber, destination, relay, make_publisher, caplog
+):
+    relay.start()
+    p = make_publisher(with_credentials(broker_url, relay.port), heartbeat_ms=0, receipt_timeout=0.5)
+    p.publish(destination, {"n": 0})
+    assert p.flush(10) is True
+    relay.frozen = True  # the broker takes the bytes and never answers
+    p.publish(destination, {"n": 1})
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and p.stats().receipt_timeouts == 0:
+        time.sleep(0.02)
+    relay.frozen = False
+    relay.cut()
+    assert p.flush(15) is True
+    assert [m["n"] for m in subscriber.wait_for(2, distinct=True)][:2] == [0, 1]
+    assert (p.stats().receipt_timeouts, p.stats().connects >= 2) == (1, True)
+    assert "sent no RECEIPT for 1 messages within 0.5 s; reconnecting (they will be re-sent)" in caplog.text
+
+
+def test_the_heartbeat_option_overrides_the_coilmq_workaround_and_the_receipt_deadline_catches_the_stall(
+    coilmq_stomp_url, make_publisher, caplog
+):
+    # What the issue saw: heart-beats on, CoilMQ stops reading, messages were never confirmed.
+    p = make_publisher(coilmq_stomp_url + "?heartbeat=200", receipt_timeout=1)
+    p.publish("/topic/test.coil.stall", {"n": 0})
+    assert p.flush(10) is True
+    time.sleep(0.5)  # a heart-beat has gone out: CoilMQ reads nothing more on this connection
+    p.publish("/topic/test.coil.stall", {"n": 1})
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and p.stats().receipt_timeouts == 0:
+        time.sleep(0.05)
+    assert p.stats().receipt_timeouts >= 1
+    assert "sent no RECEIPT for 1 messages within 1 s" in caplog.text
+    assert "the URL's heartbeat option keeps heart-beats on" in caplog.text
+
+
+def test_coilmq_is_recognised_at_connect_with_one_warning_and_sent_no_heart_beats(coilmq_stomp_url, make_publisher, caplog):
+    p = make_publisher(coilmq_stomp_url, heartbeat_ms=200, receipt_timeout=2)
+    got = []
+    p.subscribe("/topic/test.coil.pub", lambda headers, body: got.append(body))
+    p.publish("/topic/test.coil.pub", {"n": 1})
+    assert p.flush(10) is True
+    time.sleep(0.8)  # four heart-beat intervals: CoilMQ would have stopped reading at the first
+    p.publish("/topic/test.coil.pub", {"n": 2})
+    assert p.flush(10) is True
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and len(got) < 2:
+        time.sleep(0.02)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "is coilmq/" in warnings[0]
+    assert (got, p.stats().connects, p.stats().receipt_timeouts) == ([b'{"n":1}', b'{"n":2}'], 1, 0)
+
+
+def test_the_connect_log_line_says_what_a_stomp_1_0_broker_negotiated(stompserver_stomp_url, make_publisher, caplog):
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    p = make_publisher(stompserver_stomp_url)
+    p.publish("/topic/test.log", {"n": 1})
+    assert p.flush(10) is True
+    assert [r.getMessage() for r in caplog.records if r.name == LOGGER and r.levelno == logging.INFO] == [
+        f"STOMP publisher connected to {stompserver_stomp_url}: no server header, STOMP 1.0 (messages routed by "
+        "destination), no heart-beats (the broker offers none), host header '/'"
+    ]
+
+
+def test_a_subscription_on_a_broker_without_subscription_headers_is_routed_by_destination(
+    stompserver_stomp_url, make_publisher
+):
+    p = make_publisher(stompserver_stomp_url)
+    got = {"a": [], "b": []}
+    p.subscribe("/topic/test.route.a", lambda headers, body: got["a"].append(body))
+    p.subscribe("/topic/test.route.b", lambda headers, body: got["b"].append(body))
+    p.publish("/topic/test.route.b", "to b")
+    p.publish("/topic/test.route.a", "to a")
+    assert p.flush(10) is True
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not (got["a"] and got["b"]):
+        time.sleep(0.02)
+    assert got == {"a": [b"to a"], "b": [b"to b"]}
