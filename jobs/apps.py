@@ -10,7 +10,8 @@ class JobsConfig(AppConfig):
 
     def ready(self) -> None:
         from . import checks  # noqa: F401  (registers the system checks)
-        from . import ops_checks  # noqa: F401  (registers jobs.E1xx: schedules, retention, health)
+        from . import metrics, ops_checks  # noqa: F401  (ops_checks registers jobs.E1xx)
         from .backends import install_task_log
 
         install_task_log()  # a cancelled job is not logged as a failed task
+        metrics.connect_signals()

@@ -69,6 +69,12 @@ DEFAULTS: dict[str, Any] = {
     # its queue unhealthy; the broker must open a STOMP session within HEALTH_BROKER_TIMEOUT.
     "HEALTH_MAX_READY_AGE": 300.0,
     "HEALTH_BROKER_TIMEOUT": 5.0,
+    # Metrics (/ops/metrics, jobworker --metrics-port): a scrape passes with the header
+    # "Authorization: Bearer <METRICS_TOKEN>" or from an address or network listed in
+    # METRICS_ALLOWED_IPS. With neither set: loopback only while DEBUG is on, nobody in production
+    # (a worker's own --metrics-port endpoint allows loopback).
+    "METRICS_TOKEN": None,
+    "METRICS_ALLOWED_IPS": None,
 }
 
 

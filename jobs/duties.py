@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from django.db import connection
 
-from . import conf, retention, schedules, workers
+from . import conf, metrics, retention, schedules, workers
 
 if TYPE_CHECKING:
     from .worker import Worker
@@ -64,6 +64,10 @@ class WorkerDuties:
     def beat(self) -> None:
         """In the worker's loop thread, with its job heartbeat."""
         workers.beat(self.worker)
+
+    def outcomes(self, jobs: list, kinds: list[str]) -> None:
+        """In the worker's loop thread, after outcomes were committed: what no task signal says."""
+        metrics.count_outcomes(jobs, kinds)
 
     def stop(self) -> None:
         """In the worker's loop thread, at exit: stop the thread, mark the row STOPPED."""

@@ -8,4 +8,5 @@ from . import ops_views
 app_name = "ops"
 urlpatterns = [
     path("health/", ops_views.health, name="health"),
+    path("metrics", ops_views.metrics, name="metrics"),
 ]

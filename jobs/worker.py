@@ -626,6 +626,8 @@ class Worker:
                 self._avg_run = run.elapsed if avg is None else avg + RUN_TIME_WEIGHT * (run.elapsed - avg)
         for kind in kinds:
             self._counts[kind] += 1
+        if self._duties is not None:
+            self._duties.outcomes(published, kinds)
         for run, _ in pending:
             self._runs.pop(run.job.pk, None)
         for job in claimed:  # slots first, then the events of the runs that ended

@@ -25,6 +25,10 @@ class Command(BaseCommand):
         parser.add_argument("--shutdown-grace", type=float,
                             help="Seconds to let running jobs finish after SIGTERM (default JOBS['SHUTDOWN_GRACE']).")
         parser.add_argument("--no-wakeup", action="store_true", help="Do not subscribe to STOMP wake-ups; only poll.")
+        parser.add_argument("--metrics-port", type=int, metavar="PORT",
+                            help="Serve this worker's Prometheus metrics on http://HOST:PORT/metrics (0: any free port).")
+        parser.add_argument("--metrics-host", default="127.0.0.1",
+                            help="Address for --metrics-port (default 127.0.0.1).")
         parser.add_argument("--no-schedules", action="store_true",
                             help="Do not enqueue periodic tasks (jobs.schedules); other workers still do.")
 
@@ -45,7 +49,20 @@ class Command(BaseCommand):
             )
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
-        stats = worker.run()
+        server = None
+        if options["metrics_port"] is not None:
+            from jobs import metrics
+
+            try:
+                server = metrics.serve(options["metrics_port"], options["metrics_host"])
+            except OSError as exc:
+                raise CommandError(f"Cannot serve metrics on {options['metrics_host']}:{options['metrics_port']}: {exc}")
+            self.stdout.write(f"Metrics on http://{options['metrics_host']}:{server.server_port}/metrics")
+        try:
+            stats = worker.run()
+        finally:
+            if server is not None:
+                server.shutdown()
         self.stdout.write(
             f"Worker {worker.worker_id} ran {stats.claimed} job(s): {stats.succeeded} successful, "
             f"{stats.failed} failed, {stats.cancelled} cancelled, {stats.retried} retried, "

@@ -1,0 +1,148 @@
+"""Prometheus collectors for the live layer, read from the stats its parts already keep.
+
+Nothing here counts anything itself: at each scrape the collectors read this process's
+publisher (PublisherStats), hub (HubStats), WebSocket consumers (ConsumerStats and the open
+sockets) and, where one runs in this process, the embedded broker (BrokerStats and its queues).
+A part this process does not have is simply absent from the output (a scrape never starts a
+publisher or a hub). Register them on any prometheus_client registry:
+
+    registry.register(PublisherCollector()); registry.register(HubCollector()); ...
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+__all__ = ["PublisherCollector", "HubCollector", "ConsumerCollector", "BrokerCollector", "live_collectors"]
+
+logger = logging.getLogger(__name__)
+
+
+def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, doc, value=value)
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, value=value)
+
+
+class PublisherCollector(Collector):
+    """notifications_publisher_*: this process's publisher (worker, shell, WSGI; a web process
+    uses it only while its hub is away). Absent until the process published something."""
+
+    def collect(self) -> Iterator[Metric]:
+        from . import publisher as module
+
+        publisher = getattr(module, "_publisher", None)  # never create one just to be scraped
+        if publisher is None or getattr(publisher, "_pid", None) != os.getpid():
+            return
+        stats = publisher.stats()
+        yield _gauge("notifications_publisher_connected", "1 while the publisher has a broker session.",
+                     1 if stats.connected else 0)
+        yield _gauge("notifications_publisher_buffered", "Messages waiting to be sent (the outage buffer).",
+                     stats.pending)
+        yield _gauge("notifications_publisher_in_flight", "Messages sent, waiting for the broker's RECEIPT.",
+                     stats.in_flight)
+        for field, doc in (
+            ("published", "publish() calls accepted."),
+            ("sent", "SEND frames written, re-sends included."),
+            ("acknowledged", "Messages confirmed by a RECEIPT."),
+            ("coalesced", "Buffered messages replaced by a newer one with the same key."),
+            ("dropped", "Oldest buffered messages dropped because the buffer was full."),
+            ("rejected", "publish() calls refused (not serialisable, publisher closed)."),
+            ("outages", "Times the broker became unreachable."),
+            ("connects", "Successful broker connections."),
+        ):
+            yield _counter(f"notifications_publisher_{field}", doc, getattr(stats, field))
+
+
+class HubCollector(Collector):
+    """notifications_hub_*: this web process's one broker connection, shared by its WebSockets."""
+
+    def collect(self) -> Iterator[Metric]:
+        from .hub import current_hub
+
+        hub = current_hub()
+        if hub is None:
+            return
+        stats = hub.stats
+        yield _gauge("notifications_hub_connected", "1 while the hub has its broker session.", 1 if hub.connected else 0)
+        yield _counter("notifications_hub_connects", "Broker sessions opened (reconnects = this - 1).", stats.connects)
+        yield _counter("notifications_hub_outages", "Broker sessions lost.", stats.outages)
+        yield _counter("notifications_hub_messages_received", "Messages received from the broker.", stats.messages_received)
+        yield _counter("notifications_hub_deliveries", "Messages handed to WebSocket subscriptions.", stats.deliveries)
+        yield _counter("notifications_hub_published", "Messages this hub published for the process.", stats.published)
+        yield _counter("notifications_hub_publish_dropped", "Messages the hub's publish buffer dropped.",
+                       stats.publish_dropped)
+        subscriptions = getattr(hub, "_subs", {})
+        yield _gauge("notifications_hub_broker_subscriptions", "Broker subscriptions the hub holds.", len(subscriptions))
+        yield _gauge("notifications_websocket_subscriptions", "WebSocket subscriptions relayed by the hub.",
+                     sum(len(getattr(s, "listeners", ())) for s in list(subscriptions.values())))
+
+
+class ConsumerCollector(Collector):
+    """notifications_websocket_*: the STOMP-over-WebSocket endpoint of this process."""
+
+    def collect(self) -> Iterator[Metric]:
+        from . import consumers
+
+        sockets = getattr(consumers, "_open", None)
+        if sockets is not None:
+            yield _gauge("notifications_websocket_connections", "Open STOMP WebSockets.", len(list(sockets)))
+        stats = getattr(consumers, "stats", None)
+        if stats is None:
+            return
+        yield _counter("notifications_websocket_slow_disconnects",
+                       "WebSockets closed because their outbox was full (a client too slow).",
+                       getattr(stats, "overflows", 0))
+        yield _counter("notifications_websocket_snapshots_truncated", "Snapshots or resyncs cut at their limit.",
+                       getattr(stats, "snapshots_truncated", 0))
+
+
+class BrokerCollector(Collector):
+    """notifications_broker_*: an embedded broker running in this process. ``source`` returns
+    (BrokerStats, {queue name: messages waiting}), e.g. through BrokerThread.call()."""
+
+    def __init__(self, source: Callable[[], tuple[Any, dict[str, int]]]) -> None:
+        self.source = source
+
+    @classmethod
+    def for_thread(cls, running: Any) -> BrokerCollector:
+        """For a notifications.broker.BrokerThread: read on the broker's own loop."""
+
+        def read() -> tuple[Any, dict[str, int]]:
+            def snapshot():
+                return running.broker.stats(), {name: len(q.messages) for name, q in running.broker.queues.items()}
+
+            return running.call(snapshot)
+
+        return cls(read)
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            stats, queues = self.source()
+        except Exception:
+            logger.exception("Could not read the embedded broker's stats")
+            return
+        yield _gauge("notifications_broker_connections", "Client connections open now.", stats.connections_current)
+        yield _counter("notifications_broker_connections_accepted", "Client connections accepted.", stats.connections_total)
+        yield _gauge("notifications_broker_subscriptions", "Subscriptions open now.", stats.subscriptions)
+        yield _counter("notifications_broker_messages_in", "Messages received (SEND).", stats.messages_received)
+        yield _counter("notifications_broker_messages_out", "Messages delivered (MESSAGE).", stats.messages_delivered)
+        yield _counter("notifications_broker_slow_consumers", "Subscribers disconnected for not keeping up.",
+                       stats.slow_consumers)
+        depth = GaugeMetricFamily("notifications_broker_queue_depth", "Messages waiting in a /queue/ destination.",
+                                  labels=["queue"])
+        for name, count in sorted(queues.items()):
+            depth.add_metric([name], count)
+        yield depth
+
+
+def live_collectors() -> list[Collector]:
+    """The collectors every process of the live layer registers (the broker's is separate)."""
+    return [PublisherCollector(), HubCollector(), ConsumerCollector()]
