@@ -1,7 +1,7 @@
 """HTTP endpoints for operations: /ops/health/ for load balancers (and /ops/metrics, jobs.metrics)."""
 from __future__ import annotations
 
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
@@ -21,7 +21,7 @@ HUB_TIMEOUT = 2.0
 async def health(request: HttpRequest) -> JsonResponse:
     """200 {"status": "ok", ...} when this process has its database and its hub connected, else
     503 {"status": "unhealthy", ...}; each check says why. No authentication: it shows no data."""
-    database = await sync_to_async(checks.check_database)()
+    database = await database_sync_to_async(checks.check_database)()
     hub = await checks.check_hub(HUB_TIMEOUT)
     ok = database.ok and hub.ok
     return JsonResponse({"status": "ok" if ok else "unhealthy",
