@@ -150,10 +150,19 @@ def race(db: Database, tmp_path: Path, workers: int = 2, jobs: int = 200) -> Non
     runs = tmp_path / "runs"
     # Default JOBS: a 1 s STALE_AFTER would let a worker stalled on the write lock look dead.
     env = base_env(db.url, {}) | {"N_JOBS": str(jobs), "RUNS_FILE": str(runs)}
-    ids = enqueue(env, ENQUEUE_RECORDING)
-    assert len(ids) == jobs
-    procs = [start_worker(env, tmp_path, f"racer-{n}", "--burst", "--concurrency", "2") for n in range(workers)]
+    procs = [start_worker(env, tmp_path, f"racer-{n}", "--concurrency", "2") for n in range(workers)]
     try:
+        # Every racer is up (its Worker row says RUNNING) before the first job exists: on a loaded
+        # machine one interpreter can take seconds longer to start than the other, and a race
+        # the slower one never joined would prove nothing.
+        wait_for(lambda: db.rows("SELECT COUNT(*) FROM jobs_worker WHERE state = 'RUNNING'")[0][0] == workers,
+                 PROCESS_TIMEOUT, "every racer registered")
+        ids = enqueue(env, ENQUEUE_RECORDING)
+        assert len(ids) == jobs
+        wait_for(lambda: db.rows("SELECT COUNT(*) FROM jobs_job WHERE status IN ('SUCCESSFUL', 'FAILED')")[0][0] == jobs,
+                 PROCESS_TIMEOUT, f"{jobs} jobs finished")
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
         codes = [p.wait(PROCESS_TIMEOUT) for p in procs]
     finally:
         for p in procs:
