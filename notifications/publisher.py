@@ -249,6 +249,7 @@ class Publisher:
         self._session = ""  # what the broker negotiated, for the connect log line
         self._window: int | None = None  # bytes per RECEIPT for a broker with a known defect
         self._error_streak = 0  # connections ended by an ERROR frame since the last RECEIPT
+        self._confirming = 0  # RECEIPTs whose on_confirmed callbacks are running (flush waits for them)
 
         self._outage_since: float | None = None
         self._outage_dropped = 0
@@ -356,8 +357,8 @@ class Publisher:
 
     def flush(self, timeout: float) -> bool:
         """Wait until every message queued before this call was acknowledged by the broker
-        (a RECEIPT). True if so within `timeout` seconds; False on timeout or if some of
-        those messages had to be dropped."""
+        (a RECEIPT) and its on_confirmed callback returned. True if so within `timeout` seconds;
+        False on timeout or if some of those messages had to be dropped."""
         deadline = time.monotonic() + max(0.0, timeout)
         with self._cond:
             target = self._last_seq
@@ -366,7 +367,7 @@ class Publisher:
                 self._ensure_thread()
             while True:
                 oldest = self._oldest_unacked()
-                if oldest is None or oldest > target:
+                if (oldest is None or oldest > target) and not self._confirming:
                     return self._counts["dropped"] == dropped_before
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self._closed:
@@ -792,12 +793,22 @@ class Publisher:
             self._receipt_clock = time.monotonic() if self._in_flight or self._sub_receipts else None
             if not self._pending and not self._in_flight:
                 self._overflow_logged = False
-            self._cond.notify_all()
-        for confirm in confirmed:  # outside the lock: a callback may publish again
-            try:
-                confirm()
-            except Exception:
-                logger.exception("A publish confirmation callback failed")
+            if confirmed:
+                self._confirming += 1
+            else:
+                self._cond.notify_all()
+        if not confirmed:
+            return
+        try:
+            for confirm in confirmed:  # outside the lock: a callback may publish again
+                try:
+                    confirm()
+                except Exception:
+                    logger.exception("A publish confirmation callback failed")
+        finally:
+            with self._cond:
+                self._confirming -= 1
+                self._cond.notify_all()
 
     def _on_lost(self, generation: int, reason: str) -> None:
         with self._cond:

@@ -117,3 +117,20 @@ def test_a_message_replaced_by_a_newer_one_with_its_coalesce_key_confirms_only_t
         if broker is not None:
             broker.stop()
     assert confirmations.calls == {"second": 1}
+
+
+def test_flush_returns_only_once_the_confirmation_callbacks_have_returned(embedded_broker):
+    done = threading.Event()
+
+    def slow_confirmation() -> None:
+        time.sleep(0.3)
+        done.set()
+
+    publisher = Publisher(embedded_broker.url)
+    try:
+        publisher.publish("/topic/confirm-test.slow", {"n": 1}, on_confirmed=slow_confirmation)
+        assert publisher.flush(10) is True
+        confirmed_when_flushed = done.is_set()
+    finally:
+        publisher.close()
+    assert confirmed_when_flushed is True
