@@ -19,7 +19,7 @@ pattern with typed parts, who may use it, and what a subscriber gets first::
         ...
 
 Any process publishes with ``live.publish("/topic/orders.12", {...})`` (after the current
-transaction commits). Mistakes in declarations are system check errors (notifications.E020 to
+transaction commits; ``durable=True`` to have it retried until the broker confirms it). Mistakes in declarations are system check errors (notifications.E020 to
 E024) at start-up, never a surprise on the first subscription.
 """
 from __future__ import annotations
@@ -473,6 +473,7 @@ def publish(
     *,
     coalesce_key: str | None = None,
     using: str | None = None,
+    durable: bool = False,
 ) -> None:
     """Publish an event to a broker destination (``/topic/...`` or ``/queue/...``) from any process.
 
@@ -483,7 +484,18 @@ def publish(
     problem: the database stays the source of truth. Raises ValueError for a destination browsers
     use but brokers do not carry (``/user/...``, ``/app/...``) and TypeError for an event that is
     not a dict, list, str or bytes.
+
+    ``durable=True`` (sync code only; a JSON event: dict, list or str): the event is written to the
+    outbox in the current transaction and published after the commit until the broker confirms it,
+    even if this process dies first (notifications.outbox.publish_durable; no ``coalesce_key``).
     """
+    if durable:
+        if coalesce_key is not None:
+            raise ValueError("A durable event is never coalesced: leave out coalesce_key")
+        from .outbox import publish_durable
+
+        publish_durable(destination, event, using=using)
+        return
     if not isinstance(destination, str) or not destination.startswith(BROKER_PREFIXES):
         raise ValueError(
             f"Cannot publish to {destination!r}: publish to a broker destination such as /topic/orders.12 "

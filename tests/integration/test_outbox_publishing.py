@@ -80,3 +80,16 @@ def test_a_relay_publishes_rows_left_overdue_and_deletes_them_once_confirmed(bro
     events = subscriber.wait_until(lambda evs: len(evs) >= 5)
     assert [e["n"] for _, e in events] == [0, 1, 2, 3, 4]
     assert (OutboxMessage.objects.count(), relay.stats().recovered, relay.stats().deleted) == (0, 5, 5)
+
+
+def test_live_publish_with_durable_goes_through_the_outbox(broker, subscriber):
+    from notifications import live
+
+    destination = f"/topic/outbox-test.{uuid.uuid4().hex}"
+    subscriber.subscribe(destination)
+    with transaction.atomic():
+        live.publish(destination, {"order": 7}, durable=True)
+        rows = list(OutboxMessage.objects.values_list("destinations", "payload"))
+    assert rows == [([destination], {"order": 7})]
+    assert subscriber.wait_until(lambda evs: len(evs) >= 1) == [(destination, {"order": 7})]
+    assert wait_until_no_rows() == 0
