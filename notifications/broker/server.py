@@ -304,7 +304,7 @@ class Connection(asyncio.Protocol):
                 self.fail("Internal error")
         finally:
             broker.sender = None
-            broker.flush()
+            broker.flush(first=self)
 
     def eof_received(self) -> bool | None:
         return None
@@ -553,7 +553,10 @@ class Connection(asyncio.Protocol):
         if command != "CONNECT" and command != "STOMP":
             receipt = frame.get("receipt")
             if receipt is not None and not self.closing:
-                self.send_frame(Frame("RECEIPT", (("receipt-id", receipt),)))
+                # The RECEIPT's bytes directly: it is one per frame for a producer asking for
+                # them, and the generic encoder (a Frame, a header loop) is most of its cost.
+                value = escape(receipt) if self.escaped else receipt
+                self.send(b"RECEIPT\nreceipt-id:" + value.encode() + b"\n\n" + FRAME_END)
         if command == "DISCONNECT":
             self.close()
 
@@ -1141,10 +1144,17 @@ class Broker:
     def new_session_id(self) -> str:
         return f"{self._boot}-{next(self._session_counter)}"
 
-    def flush(self) -> None:
-        """Write what this loop turn produced: persistence first, then one write per connection."""
+    def flush(self, first: Connection | None = None) -> None:
+        """Write what this loop turn produced: persistence first, then one write per connection.
+
+        ``first`` (the connection whose frames were just handled) is written before the others:
+        its RECEIPTs then leave before the fan-out's writes, which on a small machine each cost
+        a wake-up of a subscriber; a producer waiting for each RECEIPT gets it that much sooner.
+        """
         if self._store is not None and self._store.dirty:
             self._store.commit()
+        if first is not None and first.out:
+            first.flush()
         dirty = self.dirty
         while dirty:
             self.dirty = []

@@ -240,11 +240,7 @@ class FrameParser:
                     self._cache_version = self.version
                 parsed = cache.get(raw)
                 if parsed is None:
-                    parsed = self._parse_headers(raw)
-                    if parsed[0] == "SEND" and len(raw) <= _CACHEABLE_HEADERS:
-                        if len(cache) >= _CACHE_ENTRIES:
-                            cache.clear()
-                        cache[raw] = parsed
+                    parsed = self._uncached_headers(raw, cache)
                 command, headers, length = parsed
                 scan = body_start
             if length is not None:
@@ -294,6 +290,45 @@ class FrameParser:
             raise RemoteProtocolError(
                 f"Header line is over the limit of {limits.max_header_line} bytes"
             )
+
+    def _uncached_headers(self, raw: bytes, cache: dict) -> tuple[str, tuple[tuple[str, str], ...], int | None]:
+        """Headers not in the cache: parsed, and remembered when they are a SEND's.
+
+        A producer asking a RECEIPT for every SEND makes every header block differ by its
+        receipt line alone: the block without that line is the cache key, and the receipt header
+        goes back in at its place (plain values only; anything to unescape takes the full path).
+        """
+        limits = self.limits
+        cacheable = (raw.startswith(b"SEND\n") or raw.startswith(b"SEND\r\n")) and len(raw) <= _CACHEABLE_HEADERS
+        if cacheable and self.version != "1.0" and len(raw) <= limits.max_header_line:
+            at = raw.find(b"\nreceipt:")
+            if at >= 0:
+                end = raw.find(b"\n", at + 1)
+                if end < 0:
+                    end = len(raw)
+                value = raw[at + 9 : end]
+                key = raw[:at] + raw[end:]
+                index = raw.count(b"\n", 0, at)  # the receipt's place among the header lines
+                plain = b"\\" not in value and b"\r" not in value and value.isascii()
+                base = cache.get(key) if plain else None
+                if base is not None and len(base[1]) < limits.max_headers:
+                    command, headers, length = base
+                    return command, (*headers[:index], ("receipt", value.decode("ascii")), *headers[index:]), length
+                parsed = self._parse_headers(raw)
+                if plain:
+                    command, headers, length = parsed
+                    self._remember(cache, key, (command, headers[:index] + headers[index + 1 :], length))
+                return parsed
+        parsed = self._parse_headers(raw)
+        if cacheable:
+            self._remember(cache, raw, parsed)
+        return parsed
+
+    @staticmethod
+    def _remember(cache: dict, key: bytes, parsed: tuple[str, tuple[tuple[str, str], ...], int | None]) -> None:
+        if len(cache) >= _CACHE_ENTRIES:
+            cache.clear()
+        cache[key] = parsed
 
     def _parse_headers(self, raw: bytes) -> tuple[str, tuple[tuple[str, str], ...], int | None]:
         limits = self.limits

@@ -381,6 +381,33 @@ def test_a_parser_that_failed_keeps_no_reference_to_the_refused_bytes():
         parser.receive_data(b"x")
 
 
+@pytest.mark.parametrize(
+    "template",
+    [
+        b"SEND\ndestination:/q\nreceipt:%s\ncontent-length:1\n\nx\x00",
+        b"SEND\nreceipt:%s\ndestination:/q\n\nx\x00",
+        b"SEND\ndestination:/q\nx-a:1\nreceipt:%s\n\nx\x00",
+        b"SEND\r\ndestination:/q\r\nreceipt:%s\r\n\r\nx\x00",
+        b"SEND\ndestination:/q\nreceipt:%s\nreceipt:second\n\nx\x00",
+    ],
+)
+def test_sends_that_differ_only_by_their_receipt_parse_as_they_would_alone(template):
+    receipts = [b"r1", b"r2", b"a\\cb", b"", b"r-\xc3\xa9", b"r5"]
+    warm = FrameParser()
+    for receipt in receipts:
+        data = template % receipt
+        alone = FrameParser()
+        alone.receive_data(data)
+        warm.receive_data(data)
+        assert warm.events_received() == alone.events_received()
+
+
+def test_a_receipt_that_needs_unescaping_is_unescaped_after_a_cached_send():
+    parser = FrameParser()
+    parser.receive_data(b"SEND\ndestination:/q\nreceipt:plain\n\nx\x00SEND\ndestination:/q\nreceipt:a\\cb\n\nx\x00")
+    assert [f.get("receipt") for f in parser.events_received()] == ["plain", "a:b"]
+
+
 def test_limits_default_to_the_named_module_constants():
     from notifications.codec import limits
 
