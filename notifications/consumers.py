@@ -9,7 +9,10 @@ A SUBSCRIBE is matched against the registry; the destination's permission callab
 thread; the hub subscribes to the destination's broker topics (waiting for the broker's
 receipt), then its snapshot is read from the database and sent, then the live events, minus
 those not newer (by the declared ``seq``) than what the subscription already sent. After the hub
-reconnects to the broker, every subscription gets its resync (or its snapshot) again. A SEND
+reconnects to the broker, every subscription gets its resync (what was written since shortly
+before the outage, and the items it last showed unfinished) or else its snapshot again. A client
+coming back resubscribes with a ``since`` header (milliseconds, in the server's clock that
+CONNECTED's ``server-time`` gives) and gets the resync from then instead of the snapshot. A SEND
 to /app/... runs the declared handler in a thread and transaction; a RECEIPT follows when asked.
 
 Refusals are ERROR frames (with ``message`` and, when a destination is at fault, a
@@ -150,6 +153,7 @@ class ClientSubscription:
     last_seq: dict[Any, int] = field(default_factory=dict)
     unfinished: dict[Any, None] = field(default_factory=dict)  # keys last shown not final (ordered set)
     header_prefix: str = ""  # "MESSAGE\ndestination:...\nsubscription:...\n", escaped for the version
+    read_at: float = 0.0  # wall-clock time of the last snapshot or resync: what came before is known
 
     @property
     def check(self) -> permissions.Check | None:
@@ -306,6 +310,8 @@ class StompConsumer(AsyncWebsocketConsumer):
             ("server", SERVER_NAME),
             ("session", f"ws-{id(self):x}"),
             ("user-name", user.get_username()),
+            # The server's clock, so a client can name "since" in it when it resubscribes.
+            ("server-time", str(int(time.time() * 1000))),
         ]
         await self._send_frame(Frame("CONNECTED", tuple(headers)))
         _supervisor().add(self)
@@ -323,6 +329,7 @@ class StompConsumer(AsyncWebsocketConsumer):
             raise _Close(f"Subscription id {sub_id} is already in use", destination=destination)
         if len(self.subs) >= MAX_SUBSCRIPTIONS:
             raise _Close(f"At most {MAX_SUBSCRIPTIONS} subscriptions per connection", destination=destination)
+        since = _since_header(frame.get("since"), destination, frame.get("receipt"))
         sub = await self._authorize(sub_id, destination, frame.get("receipt"))
         esc = escape if self.version != "1.0" else str
         sub.header_prefix = f"MESSAGE\ndestination:{esc(sub.destination)}\nsubscription:{esc(sub.id)}\n"
@@ -336,7 +343,7 @@ class StompConsumer(AsyncWebsocketConsumer):
             await self.hub.subscribe(broker_destination, self)
         if not sub.active:
             return
-        await self._send_snapshot(sub)
+        await self._send_snapshot(sub, since)
         if frame.get("receipt"):
             await self._send_frame(Frame("RECEIPT", (("receipt-id", frame.get("receipt")),)))
 
@@ -423,10 +430,21 @@ class StompConsumer(AsyncWebsocketConsumer):
 
     # ------------------------------------------------------------------ snapshots
 
-    async def _send_snapshot(self, sub: ClientSubscription) -> None:
-        """Send what the database says now, then the events that arrived meanwhile (newer only)."""
-        if sub.declared.snapshot is not None:
-            for data in await database_sync_to_async(self._read)(sub, sub.declared.snapshot, sub.parts):
+    async def _send_snapshot(self, sub: ClientSubscription, since: datetime | None = None) -> None:
+        """Send what the database says now, then the events that arrived meanwhile (newer only).
+
+        A client resubscribing with a ``since`` header (it was away) gets the destination's
+        resync from that time on instead of its snapshot, where the destination has one.
+        """
+        declared = sub.declared
+        read = None
+        sub.read_at = time.time()
+        if since is not None and declared.resync is not None:
+            read, extra = declared.resync, {**sub.parts, "since": since, "pending": []}
+        elif declared.snapshot is not None:
+            read, extra = declared.snapshot, sub.parts
+        if read is not None:
+            for data in await database_sync_to_async(self._read)(sub, read, extra):
                 self._send_event(sub, data)
             await self._flush_pending_writes()
         sub.primed = True
@@ -455,14 +473,18 @@ class StompConsumer(AsyncWebsocketConsumer):
         """The hub is back after a broker outage: resend snapshots so browsers catch up."""
         if self.closing or not self.stomp_connected:
             return
-        since = _supervisor().resync_since()
-        asyncio.get_running_loop().create_task(self._resync(since))
+        up_until = _supervisor().hub_up_until()
+        asyncio.get_running_loop().create_task(self._resync(up_until))
 
-    async def _resync(self, since: datetime | None) -> None:
+    async def _resync(self, up_until: float | None) -> None:
         for sub in list(self.subs.values()):
             if not (sub.active and sub.primed):
                 continue
             declared = sub.declared
+            # Missed: what was written after the hub was last seen up, and after this
+            # subscription last read the database, whichever is later (both are lower bounds).
+            since = datetime.fromtimestamp(max(up_until or 0.0, sub.read_at) - RESYNC_MARGIN, tz=UTC)
+            sub.read_at = time.time()
             try:
                 if declared.resync is not None:
                     extra = {**sub.parts, "since": since, "pending": list(sub.unfinished)}
@@ -846,16 +868,14 @@ class _Supervisor:
             if len(self.hub_seen) > 4:
                 del self.hub_seen[min(self.hub_seen)]
 
-    def resync_since(self) -> datetime | None:
-        """Events written from this time on may have been missed in the hub's last outage: the
-        last time a previous connection was seen up, less RESYNC_MARGIN (None if never seen)."""
+    def hub_up_until(self) -> float | None:
+        """The last wall-clock time a previous connection of the hub was seen up (so nothing
+        written before it was missed), or None if none was seen."""
         hub = current_hub()
         if hub is None:
             return None
         earlier = [seen for generation, seen in self.hub_seen.items() if generation < hub.stats.connects]
-        if not earlier:
-            return None
-        return datetime.fromtimestamp(max(earlier) - RESYNC_MARGIN, tz=UTC)
+        return max(earlier) if earlier else None
 
 
 def _unpacked(entry: tuple) -> tuple:
@@ -911,6 +931,21 @@ def _supervisor() -> _Supervisor:
     if supervisor is None:
         supervisor = _supervisors[loop] = _Supervisor()
     return supervisor
+
+
+def _since_header(value: str | None, destination: str, receipt: str | None) -> datetime | None:
+    """SUBSCRIBE's ``since`` header (milliseconds since the epoch, in the server's clock as
+    CONNECTED's ``server-time`` gives it), less RESYNC_MARGIN; None without one."""
+    if value is None:
+        return None
+    try:
+        millis = int(value)
+        return datetime.fromtimestamp(millis / 1000 - RESYNC_MARGIN, tz=UTC)
+    except (ValueError, OverflowError, OSError):
+        raise _Close(
+            f"The since header must be milliseconds since the epoch, not {value[:40]!r}",
+            destination=destination, receipt=receipt,
+        ) from None
 
 
 _stop_hook_installed = False

@@ -2,8 +2,9 @@
 
 Broker side: /topic/notifications.user.<id> (one user's) and /topic/notifications.broadcast
 (everyone's). Browsers subscribe to /user/queue/notifications (both, for the logged-in user; the
-first message is the unread state) or to the broadcast topic alone, and SEND to
-/app/notifications.read. Registered by NotificationsConfig.ready().
+first message is the unread state, and after a reconnect the same with the notifications created
+while away) or to the broadcast topic alone, and SEND to /app/notifications.read. Registered by
+NotificationsConfig.ready().
 """
 from __future__ import annotations
 
@@ -24,6 +25,9 @@ USER_NOTIFICATIONS = "/user/queue/notifications"  # what a browser subscribes to
 APP_NOTIFICATION_READ = "/app/notifications.read"  # browser SEND, body {"id": 12} or {"all": true}
 # Unread notifications carried by the notifications.sync message.
 SYNC_NOTIFICATIONS = 20
+# Notifications a resync carries that were created while the page was away (oldest first);
+# past this the sync says "more" and the page fetches the rest over HTTP (?after=<id>).
+SYNC_MISSED = 200
 
 
 def user_notifications(user_id: object) -> str:
@@ -43,10 +47,24 @@ def _sync(user: Any) -> dict:
     }
 
 
+def _resync(user: Any, since, pending) -> dict:
+    """After a reconnect: the sync, plus every notification (own and broadcasts) created from
+    ``since`` on, oldest first: {"missed": [...], "more": bool}."""
+    from .models import Notification
+
+    sync = _sync(user)
+    if since is not None:
+        missed = list(Notification.objects.for_user(user).filter(created__gte=since).order_by("created", "id")[: SYNC_MISSED + 1])
+        sync["missed"] = [n.to_event() for n in missed[:SYNC_MISSED]]
+        sync["more"] = len(missed) > SYNC_MISSED
+    return sync
+
+
 live.subscription(
     USER_NOTIFICATIONS,
     topics=(user_notifications("{user_id}"), NOTIFICATIONS_BROADCAST),
     snapshot=_sync,
+    resync=_resync,
 )
 # Broadcasts alone (also part of /user/queue/notifications): any logged-in user, nothing to resync.
 live.subscription(NOTIFICATIONS_BROADCAST)

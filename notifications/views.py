@@ -7,6 +7,7 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_GET, require_POST
 
 from . import api
+from .models import Notification
 
 __all__ = ["notification_list", "mark_read"]
 
@@ -17,15 +18,35 @@ def _login_required_json(request: HttpRequest) -> JsonResponse | None:
     return None
 
 
+# Notifications one page of ?after= returns at most.
+AFTER_PAGE_MAX = 200
+
+
 @require_GET
 def notification_list(request: HttpRequest) -> JsonResponse:
-    """GET ?unread=1&limit=20 -> {"unread": n, "notifications": [event, ...]} newest first."""
+    """GET ?unread=1&limit=20 -> {"unread": n, "notifications": [event, ...]} newest first.
+
+    GET ?after=<id>&limit=100 -> the user's notifications (own and broadcasts) with a larger id,
+    oldest first, and "more": true when there are others after them: what a page that was away
+    fetches, page by page, to show everything it missed.
+    """
     if (denied := _login_required_json(request)) is not None:
         return denied
     try:
         limit = int(request.GET.get("limit", "20"))
+        after = int(request.GET["after"]) if "after" in request.GET else None
     except ValueError:
-        return JsonResponse({"error": "limit must be an integer"}, status=400)
+        return JsonResponse({"error": "limit and after must be integers"}, status=400)
+    if after is not None:
+        limit = max(1, min(limit, AFTER_PAGE_MAX))
+        rows = list(Notification.objects.for_user(request.user).filter(pk__gt=after).order_by("pk")[: limit + 1])
+        return JsonResponse(
+            {
+                "unread": api.unread_count(request.user),
+                "notifications": [n.to_event() for n in rows[:limit]],
+                "more": len(rows) > limit,
+            }
+        )
     unread_only = request.GET.get("unread") in {"1", "true", "yes"}
     items = api.recent(request.user, limit=limit, unread_only=unread_only)
     return JsonResponse(

@@ -698,3 +698,76 @@ async def test_a_socket_that_falls_behind_gets_an_error_and_is_closed_to_resync(
     frame = await client.next_control_frame(timeout=10)
     assert (frame.command, frame.get("message")) == ("ERROR", "Too many messages waiting: reconnect to resynchronise")
     await client.expect_closed()
+
+
+# ---------------------------------------------------------------- coming back (issue 8, defects 2 and 4)
+
+
+async def test_connected_carries_the_servers_clock_in_milliseconds(live, alice):
+    import time
+
+    before = int(time.time() * 1000)
+    client = await connected_client(alice)
+    after = int(time.time() * 1000)
+    # connected_client discarded the frame: ask again on a second socket and keep it
+    second = await open_client(alice)
+    frame = await second.connect()
+    assert before <= int(frame.get("server-time")) <= int(time.time() * 1000)
+    assert after >= before
+    await client.close()
+    await second.close()
+
+
+async def test_a_list_resubscribed_with_since_gets_every_job_that_changed_from_then_on(live, alice, staff):
+    import time
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    now = timezone.now()
+    long_ago = now - timedelta(hours=2)
+    old = await database_sync_to_async(make_job)(alice, name="old", enqueued_at=long_ago)
+    recent = await database_sync_to_async(make_job)(alice, name="recent", enqueued_at=long_ago)
+    running = await database_sync_to_async(make_job)(alice, name="running", enqueued_at=long_ago)
+    await advance(old, status="SUCCESSFUL", finished_at=long_ago)
+    await advance(recent, status="SUCCESSFUL", finished_at=now)
+    await advance(running, status="RUNNING", started_at=long_ago)
+    client = await connected_client(staff)
+    since = int((time.time() - 60) * 1000)  # the page's last message, a minute ago
+    await client.send("SUBSCRIBE", {"id": "all", "destination": jobs_live.JOBS_ALL, "since": str(since), "receipt": "r"})
+    names = []
+    while (frame := await client.next_frame()).command == "MESSAGE":
+        names.append(json.loads(frame.body)["name"])
+    assert (frame.command, sorted(names)) == ("RECEIPT", ["recent", "running"])
+    await client.close()
+
+
+async def test_a_since_header_that_is_not_milliseconds_is_an_error(live, staff):
+    client = await connected_client(staff)
+    await client.send("SUBSCRIBE", {"id": "all", "destination": jobs_live.JOBS_ALL, "since": "yesterday"})
+    frame = await client.next_frame()
+    assert (frame.command, frame.get("message")) == (
+        "ERROR", "The since header must be milliseconds since the epoch, not 'yesterday'",
+    )
+    await client.expect_closed()
+
+
+async def test_notifications_resubscribed_with_since_carry_every_notification_created_from_then_on(live, alice):
+    import time
+
+    from notifications.api import broadcast, notify
+
+    def create():
+        for n in range(25):
+            notify(alice, title=f"own {n}")
+        broadcast(title="to everyone")
+
+    await database_sync_to_async(create)()
+    client = await connected_client(alice)
+    await client.send("SUBSCRIBE", {
+        "id": "n", "destination": destinations.USER_NOTIFICATIONS, "since": str(int((time.time() - 60) * 1000)),
+    })
+    sync = await client.next_message()
+    assert (sync["type"], sync["unread"], len(sync["notifications"]), sync["more"]) == ("notifications.sync", 25, 20, False)
+    assert [n["title"] for n in sync["missed"]] == [f"own {n}" for n in range(25)] + ["to everyone"]
+    await client.close()

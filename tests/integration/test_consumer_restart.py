@@ -255,3 +255,102 @@ async def test_the_all_jobs_list_learns_how_a_job_ended_during_an_outage(setting
         await worker.close()
         await hub_module.shutdown()
         await relay.close()
+
+
+async def test_after_a_broker_restart_a_list_shows_how_every_job_it_showed_unfinished_ended_and_the_jobs_of_the_outage(settings):
+    # Issue 8, defect 2: J is shown RUNNING, 60 later jobs push it out of any "recently seen"
+    # window, the broker dies, J finishes and K runs from start to end while it is down.
+    from django.contrib.auth.models import Permission
+    from django.utils import timezone
+
+    from notifications.broker import BrokerConfig, BrokerThread
+
+    broker = BrokerThread(BrokerConfig(host="127.0.0.1", port=0, close_timeout=2.0)).start()
+    port = broker.port
+    _settings(settings, broker.url)
+
+    def users():
+        staff = get_user_model().objects.create_user("staff")
+        staff.user_permissions.add(Permission.objects.get(codename="view_job", content_type__app_label="jobs"))
+        return staff, get_user_model().objects.create_user("owner")
+
+    staff, owner = await database_sync_to_async(users)()
+    j = await database_sync_to_async(make_job)(owner, name="J")
+    worker = Hub(broker.url, reconnect_min=0.05, reconnect_max=0.3)
+    worker.start()
+    client = WsStomp(await database_sync_to_async(session_cookie)(staff))
+    try:
+        assert await worker.wait_connected(10)
+        assert await client.open()
+        await client.connect()
+        await client.subscribe(jobs_live.JOBS_ALL, receipt="r")
+        assert (await client.next_message())["name"] == "J"
+        assert (await client.next_frame()).command == "RECEIPT"
+        worker.publish(jobs_live.JOBS_ALL, await _write(j, status="RUNNING", started_at=timezone.now()))
+        assert (await client.next_message())["status"] == "RUNNING"
+        short = [await database_sync_to_async(make_job)(owner, name=f"short {n}") for n in range(60)]
+        for job in short:
+            worker.publish(jobs_live.JOBS_ALL, await _write(job, status="SUCCESSFUL", finished_at=timezone.now()))
+        finals = set()
+        async with asyncio.timeout(30):
+            while len(finals) < 60:
+                finals.add((await client.next_message(30))["name"])
+
+        await asyncio.to_thread(broker.stop)
+        await _write(j, status="SUCCESSFUL", finished_at=timezone.now())
+        k = await database_sync_to_async(make_job)(owner, name="K")
+        await _write(k, status="RUNNING", started_at=timezone.now())
+        await _write(k, status="SUCCESSFUL", finished_at=timezone.now())
+        broker = BrokerThread(BrokerConfig(host="127.0.0.1", port=port, close_timeout=2.0)).start()
+
+        last: dict[str, str] = {}
+        async with asyncio.timeout(20):
+            while last.get("J") != "SUCCESSFUL" or last.get("K") != "SUCCESSFUL":
+                event = await client.next_message(20)
+                last[event["name"]] = event["status"]
+        assert (last["J"], last["K"]) == ("SUCCESSFUL", "SUCCESSFUL")
+        assert not any(name.startswith("short") for name in last)  # already final there: not sent again
+    finally:
+        await client.close()
+        await worker.close()
+        await hub_module.shutdown()
+        await asyncio.to_thread(broker.stop)
+
+
+async def test_every_notification_created_during_an_outage_reaches_the_socket_after_it(settings, embedded_broker, alice):
+    # Issue 8, defect 4: 40 notifications while the web process is cut off from the broker.
+    from notifications.api import notify
+
+    relay = Relay(embedded_broker.host, embedded_broker.port)
+    await relay.start()
+    _settings(settings, via(relay, embedded_broker.url))
+    client = WsStomp(await database_sync_to_async(session_cookie)(alice))
+    try:
+        assert await client.open()
+        await client.connect()
+        await client.subscribe(destinations.USER_NOTIFICATIONS, receipt="r")
+        assert (await client.next_message())["unread"] == 0
+        await client.next_frame()
+        relay.refuse = True
+        relay.cut()
+        process_hub = hub_module.current_hub()
+        async with asyncio.timeout(5):
+            while process_hub.connected:
+                await asyncio.sleep(0.01)
+
+        def forty():
+            for n in range(40):
+                notify(alice, title=f"While away {n}")
+
+        await database_sync_to_async(forty)()
+        relay.refuse = False
+        message = await client.next_message(15)
+        while message["type"] != "notifications.sync":
+            message = await client.next_message(15)
+        assert message["unread"] == 40
+        assert [n["title"] for n in message["missed"]] == [f"While away {n}" for n in range(40)]
+        assert message["more"] is False
+    finally:
+        await client.close()
+        await hub_module.shutdown()
+        await relay.close()

@@ -2,13 +2,21 @@
 //
 // The server renders the counter and the newest notifications, so the page is right without
 // JavaScript. Here: new ones arrive over STOMP (/user/queue/notifications, which carries the
-// user's own and the broadcasts) as toasts; once every (re)subscription is confirmed the JSON list is fetched to catch up with anything
-// sent while the socket was away; marking read goes over STOMP, or over HTTP if that fails.
+// user's own and the broadcasts) as toasts. Whatever was created while the page was away is
+// fetched page by page after the newest id it has (GET ?after=<id>) once every (re)subscription
+// is confirmed, and comes with the server's notifications.sync after the server itself lost the
+// broker ("missed"); all of it goes into the list, the newest few as toasts. Marking read goes
+// over STOMP, or over HTTP if that fails.
 import { connection } from './stomp-client.js';
 
 const USER_QUEUE = '/user/queue/notifications';
 // Info and success toasts go away on their own; warnings and errors stay until closed.
 const TOAST_MS = 10000;
+// After an absence, only the newest few of the notifications it missed pop up (all are listed).
+const CATCH_UP_TOASTS = 5;
+// Pages of ?after= fetched per catch-up (the rest shows on the next load).
+const CATCH_UP_PAGES = 10;
+const CATCH_UP_PAGE = 100;
 
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -58,25 +66,53 @@ class LiveNotifications {
     this.root.classList.toggle('ln-has-unread', n > 0);
   }
 
+  async _get(params) {
+    const url = new URL(this.listUrl, window.location.href);
+    for (const [k, v] of Object.entries(params)) url.searchParams.set(k, String(v));
+    const response = await fetch(url, { credentials: 'same-origin', headers: { Accept: 'application/json' } });
+    if (!response.ok) throw new Error(`${url.pathname}: ${response.status}`);
+    return response.json();
+  }
+
   async catchUp() {
     try {
-      const response = await fetch(this.listUrl, { credentials: 'same-origin', headers: { Accept: 'application/json' } });
-      if (!response.ok) return;
-      const data = await response.json();
-      const fresh = data.notifications.filter((n) => !this.known.has(n.id) && n.id > this.newest).reverse();
-      for (const n of fresh) this.add(n, { toast: true });
-      for (const n of data.notifications) if (n.read) this._markItem(n.id);
-      this.setUnread(data.unread);
+      // Everything after the newest one this page has, oldest first, page by page.
+      const fresh = [];
+      for (let page = 0; page < CATCH_UP_PAGES; page++) {
+        const data = await this._get({ after: this.newest, limit: CATCH_UP_PAGE });
+        for (const n of data.notifications) {
+          if (!this.known.has(n.id)) fresh.push(n);
+          this.newest = Math.max(this.newest, n.id);
+        }
+        if (!data.more) break;
+      }
+      this.addMissed(fresh);
+      // Read marks and the counter, as another tab may have changed them meanwhile.
+      const current = await this._get({ limit: 20 });
+      for (const n of current.notifications) if (n.read) this._markItem(n.id);
+      this.setUnread(current.unread);
       this.root.dataset.live = 'ready';
     } catch (e) {
       /* offline: the next reconnect tries again */
     }
   }
 
+  /** Notifications missed while away (oldest first): all into the list, the newest few as toasts. */
+  addMissed(missed) {
+    const fresh = missed.filter((n) => !this.known.has(n.id));
+    fresh.forEach((n, i) => this.add(n, { toast: i >= fresh.length - CATCH_UP_TOASTS }));
+  }
+
   onEvent(event) {
     if (event.type === 'notification') {
       if (!this.known.has(event.id)) this.add(event, { toast: true });
       if (typeof event.unread === 'number') this.setUnread(event.unread);
+    } else if (event.type === 'notifications.sync') {
+      // The state on (re)subscribe; after an outage of the server's own broker connection it
+      // also carries what was created meanwhile ("missed"), and "more" if that did not fit.
+      if (Array.isArray(event.missed)) this.addMissed(event.missed);
+      if (event.more) this.catchUp();
+      this.setUnread(event.unread);
     } else if (event.type === 'notifications.read') {
       if (event.ids === null) for (const item of this.root.querySelectorAll('.ln-item.ln-unread')) this._markItem(Number(item.dataset.id));
       else for (const id of event.ids) this._markItem(id);

@@ -3,8 +3,10 @@
 // What it does: negotiates v12.stomp/v11.stomp/v10.stomp, sends CONNECT with heart-beats, sends
 // its own heart-beats and drops a silent server, parses frames (content-length, header
 // unescaping, several frames per message, frames split across messages), keeps subscriptions
-// across reconnects (exponential backoff with full jitter, then resubscribe), and offers
-// receipts. Per-job ordering by `seq` lives in SeqGate, used by the pages' scripts.
+// across reconnects (exponential backoff with full jitter, then resubscribe with a `since`
+// header naming, in the server's clock, the last moment it heard from the server, so the server
+// sends what changed meanwhile), and offers receipts. Ordering by `seq` lives in SeqGate; the
+// small page API (subscribe with a callback, send) is live.js.
 
 const NUL = 0;
 const LF = 10;
@@ -201,6 +203,8 @@ export class StompClient extends EventTarget {
     this.lastReceived = 0;
     this.server = '';
     this.lastError = null;
+    this.serverOffset = 0; // the server's clock minus ours (CONNECTED's server-time)
+    this.awaySince = null; // the server's time when we last heard from it before a disconnect
   }
 
   _setState(state) {
@@ -232,9 +236,9 @@ export class StompClient extends EventTarget {
    * (re)subscription: from then on nothing sent to the destination is missed, so it is the
    * moment to fetch whatever was sent while we were away.
    */
-  subscribe(destination, callback, { headers = {}, onError = null, onReceipt = null } = {}) {
+  subscribe(destination, callback, { headers = {}, onError = null, onReceipt = null, resync = true } = {}) {
     const id = `sub-${this.nextId++}`;
-    const sub = { id, destination, callback, headers, onError, onReceipt };
+    const sub = { id, destination, callback, headers, onError, onReceipt, resync, sent: false };
     this.subscriptions.set(id, sub);
     if (this.state === 'connected') this._sendSubscribe(sub);
     return { id, destination, unsubscribe: () => this._unsubscribe(id) };
@@ -253,7 +257,10 @@ export class StompClient extends EventTarget {
       reject() {},
       subscription: sub.id,
     });
-    this._write('SUBSCRIBE', { ...sub.headers, id: sub.id, destination: sub.destination, ack: 'auto', receipt });
+    // Resubscribing after a disconnect: ask for what changed since we last heard from the server.
+    const since = sub.sent && sub.resync && this.awaySince !== null ? { since: String(Math.floor(this.awaySince)) } : {};
+    sub.sent = true;
+    this._write('SUBSCRIBE', { ...sub.headers, ...since, id: sub.id, destination: sub.destination, ack: 'auto', receipt });
   }
 
   /** Send to a destination; a plain object becomes JSON. Resolves on the RECEIPT, rejects on ERROR or when not connected. */
@@ -313,6 +320,7 @@ export class StompClient extends EventTarget {
     };
     ws.onclose = (event) => {
       if (this.ws !== ws) return;
+      if (this.parser && this.state === 'connected') this.awaySince = this.lastReceived + this.serverOffset;
       this.ws = null;
       this._clearTimers();
       for (const [, r] of this.receipts) r.reject(new Error('connection lost'));
@@ -325,9 +333,16 @@ export class StompClient extends EventTarget {
 
   _scheduleReconnect(reason) {
     this._setState('reconnecting');
-    const ceiling = Math.min(this.reconnectMaxMs, this.reconnectMinMs * 2 ** this.attempt);
-    this.attempt += 1;
-    const delay = ceiling / 2 + Math.random() * (ceiling / 2);
+    let delay;
+    if (reason && (reason.code === 1001 || reason.code === 1012)) {
+      // The server is going away or restarting on purpose: come back at once (another process
+      // takes the socket), spread over a moment so its clients do not all arrive together.
+      delay = Math.random() * (this.reconnectMinMs / 2);
+    } else {
+      const ceiling = Math.min(this.reconnectMaxMs, this.reconnectMinMs * 2 ** this.attempt);
+      this.attempt += 1;
+      delay = ceiling / 2 + Math.random() * (ceiling / 2);
+    }
     this.dispatchEvent(new CustomEvent('disconnect', { detail: { reason, delay } }));
     this.timers.retry = setTimeout(() => { this.timers.retry = null; this._open(); }, delay);
   }
@@ -372,6 +387,7 @@ export class StompClient extends EventTarget {
         this.version = frame.headers.version || (this.version === '1.0' ? '1.0' : this.version);
         this.parser.version = this.version;
         this.server = frame.headers.server || '';
+        if (frame.headers['server-time']) this.serverOffset = Number(frame.headers['server-time']) - Date.now();
         this.attempt = 0;
         this._startHeartbeats(frame.headers['heart-beat']);
         this._setState('connected');
