@@ -63,6 +63,8 @@ def result_url(job: Job) -> str | None:
 
 def job_event(job: Job) -> dict[str, Any]:
     """The event JSON for a job, exactly as contract 5 lists it."""
+    from .vocabulary import display
+
     error = None
     if job.error_type and job.status in {"FAILED", "CANCELLED"}:
         error = {"type": job.error_type, "message": job.error_message}
@@ -87,6 +89,8 @@ def job_event(job: Job) -> dict[str, Any]:
         "enqueued_at": _iso(job.enqueued_at),
         "started_at": _iso(job.started_at),
         "finished_at": _iso(job.finished_at),
+        # What pages show (state word, rounded percentage, message line): jobs.vocabulary.
+        "display": display(job),
     }
 
 

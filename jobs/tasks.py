@@ -33,6 +33,7 @@ from datetime import datetime, timezone as dt_timezone
 from typing import Any
 
 from django.tasks import task
+from django.template.defaultfilters import pluralize
 
 from .progress import check_cancelled, current_job_id, log, report_progress, save_result_file
 
@@ -49,6 +50,7 @@ __all__ = [
     "recent_log_lines",
     "DEFAULT_STEP_DELAY",
     "RECENT_LOG_LINES",
+    "counted",
 ]
 
 logger = logging.getLogger(__name__)
@@ -70,6 +72,11 @@ _URL_PASSWORD = re.compile(r"(?P<prefix>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*:)(?
 SECRET_KEY_MIN_LENGTH = 50
 SECRET_KEY_MIN_UNIQUE_CHARACTERS = 5
 SECRET_KEY_INSECURE_PREFIXES = ("django-insecure", "insecure")
+
+
+def counted(n: int, noun: str) -> str:
+    """"1 problem", "2 problems": the report counts things in words, never "problem(s)"."""
+    return f"{n} {noun}{pluralize(n)}"
 
 
 # ----------------------------------------------------------------------------- masking
@@ -186,7 +193,7 @@ def _section_packages() -> ReportSection:
         if name:
             found.setdefault(name, dist.version)
     lines = tuple(f"{name}=={version}" for name, version in sorted(found.items(), key=lambda i: i[0].lower()))
-    return ReportSection("Installed packages", lines, f"{len(lines)} installed packages")
+    return ReportSection("Installed packages", lines, counted(len(lines), "installed package"))
 
 
 def _section_settings() -> ReportSection:
@@ -207,7 +214,7 @@ def _section_settings() -> ReportSection:
     ]
     problems += [f"SECRET_KEY {p}" for p in key_problems]
     lines.append("")
-    lines.append("Sanity: " + ("no problems found" if not problems else f"{len(problems)} problem(s)"))
+    lines.append("Sanity: " + ("no problems found" if not problems else counted(len(problems), "problem")))
     lines += [f"  - {p}" for p in problems]
     lines.append("")
     lines.append("Settings set by this project, as `manage.py diffsettings` lists them (secrets masked):")
@@ -219,7 +226,7 @@ def _section_settings() -> ReportSection:
             warnings.simplefilter("ignore")
             value = mask_secrets(getattr(settings, name), name)
         lines.append(f"  {name} = {value!r}")
-    summary = "settings look sane" if not problems else f"{len(problems)} settings problem(s)"
+    summary = "settings look sane" if not problems else counted(len(problems), "settings problem")
     return ReportSection("Settings", tuple(lines), summary)
 
 
@@ -232,7 +239,9 @@ def _section_checks() -> ReportSection:
         return ReportSection("System checks", (f"could not run: {type(exc).__name__}: {exc}",), "system checks failed to run")
     lines = tuple(mask_url_passwords(f"{m.id or '?'} [{logging.getLevelName(m.level)}] {m.msg}") for m in messages)
     return ReportSection(
-        "System checks (deployment included)", lines or ("no issues",), f"{len(messages)} system check message(s)"
+        "System checks (deployment included)",
+        lines or ("no issues",),
+        counted(len(messages), "system check message") if messages else "no system check messages",
     )
 
 
@@ -353,7 +362,7 @@ def _section_logs() -> ReportSection:
     return ReportSection(
         f"Recent log lines (last {RECENT_LOG_LINES} of this process, INFO and above)",
         lines or ("(none yet)",),
-        f"{len(lines)} recent log lines",
+        counted(len(lines), "recent log line"),
     )
 
 

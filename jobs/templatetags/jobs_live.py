@@ -12,25 +12,39 @@ from django.urls import NoReverseMatch, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
 
+from jobs import vocabulary
 from jobs.events import result_url
 from jobs.models import Job
 
-__all__ = ["job_progress", "job_log", "recent_jobs", "jobs_live_assets", "STATUS_LABELS"]
+__all__ = ["job_progress", "job_log", "recent_jobs", "jobs_live_assets", "job_state_badge", "job_label"]
 
 register = template.Library()
 
-# The words a person sees for each status (the JavaScript uses the same ones).
-STATUS_LABELS = {
-    "READY": "Waiting",
-    "RUNNING": "Running",
-    "SUCCESSFUL": "Done",
-    "FAILED": "Failed",
-    "CANCELLED": "Cancelled",
-}
+
+def _badge(job: Job, standalone: bool = True) -> SafeString:
+    """The state word in a badge. Its colour comes from job-live.css, by the widget's
+    job-status-* class inside a live widget (which the script keeps current), else by its own
+    job-state-* class; the word is always there, so colour is never the only signal."""
+    status = str(job.status)
+    return format_html(
+        '<span class="ui-badge job-state{}" data-field="status">{}</span>',
+        f" job-state-{vocabulary.state(status, job.cancel_requested)}" if standalone else "",
+        vocabulary.label(status, job.cancel_requested),
+    )
 
 
-def _percent(job: Job) -> float | None:
-    return 100.0 if job.status == "SUCCESSFUL" else job.percent
+@register.filter
+def job_label(job: Job) -> str:
+    """{{ job|job_label }}: the word for the job's state (jobs.vocabulary)."""
+    return vocabulary.label(str(job.status), job.cancel_requested)
+
+
+@register.simple_tag
+def job_state_badge(job: Job) -> SafeString:
+    """{% job_state_badge job %}: the job's state word in a coloured badge (not live by itself)."""
+    if not isinstance(job, Job):
+        raise template.TemplateSyntaxError(f"job_state_badge needs a Job, got {type(job).__name__}")
+    return _badge(job)
 
 
 def _cancel_control(job: Job, request) -> SafeString:
@@ -46,7 +60,7 @@ def _cancel_control(job: Job, request) -> SafeString:
 
         return format_html(
             '<form method="post" action="{}" class="job-cancel-form"><input type="hidden" '
-            'name="csrfmiddlewaretoken" value="{}"><button type="submit" class="job-cancel" '
+            'name="csrfmiddlewaretoken" value="{}"><button type="submit" class="ui-button ui-button--small job-cancel" '
             'data-action="cancel"{}>Cancel</button></form>',
             url,
             get_token(request),
@@ -54,7 +68,8 @@ def _cancel_control(job: Job, request) -> SafeString:
         )
     # Without a cancel URL the button works over STOMP only, so it stays out of script-less pages.
     return format_html(
-        '<button type="button" class="job-cancel job-needs-js" data-action="cancel"{}>Cancel</button>', hidden
+        '<button type="button" class="ui-button ui-button--small job-cancel job-needs-js" data-action="cancel"{}>Cancel</button>',
+        hidden,
     )
 
 
@@ -67,29 +82,43 @@ def _log_items(entries) -> SafeString:
 
 
 def _log_list(job: Job) -> SafeString:
+    # Not a live region: a screen reader would read every line as it comes. The widget's
+    # announcer says the final state instead. The empty state shows (CSS) while the list is empty.
     entries = list(job.log or [])
     last = entries[-1]["n"] if entries else 0
     return format_html(
-        '<ol class="job-log" data-field="log" data-last-n="{}" aria-live="polite">{}</ol>', last, _log_items(entries)
+        '<ol class="job-log" data-field="log" data-last-n="{}" aria-label="Messages of the job">{}</ol>'
+        '<p class="ui-empty job-log-empty">No messages yet: the job\'s messages appear here as it runs.</p>',
+        last,
+        _log_items(entries),
     )
 
 
 @register.simple_tag
 def jobs_live_assets() -> SafeString:
-    """The stylesheet and the module script (a module runs once per page however often it is included)."""
+    """The design system's and the widget's stylesheets and the module script (a module runs once
+    per page however often it is included; a stylesheet linked twice is fetched once)."""
     return format_html(
-        '<link rel="stylesheet" href="{}"><script type="module" src="{}"></script>',
+        '<link rel="stylesheet" href="{}"><link rel="stylesheet" href="{}"><script type="module" src="{}"></script>',
+        static("notifications/ui.css"),
         static("jobs/job-live.css"),
         static("jobs/job-live.js"),
     )
 
 
 @register.simple_tag(takes_context=True)
-def job_progress(context, job: Job, log: bool = False, cancel: bool = True, title: bool = False) -> SafeString:
-    """The live progress widget of one job: {% job_progress job %}, {% job_progress job log=True %}."""
+def job_progress(
+    context, job: Job, log: bool = False, cancel: bool = True, title: bool = False, result: bool = True,
+    compact: bool = False,
+) -> SafeString:
+    """The live progress widget of one job: {% job_progress job %}, {% job_progress job log=True %}.
+
+    ``result=False`` leaves out the download button (lists link to the job page instead),
+    ``compact=True`` is the one-line form for lists (no message line).
+    """
     if not isinstance(job, Job):
         raise template.TemplateSyntaxError(f"job_progress needs a Job, got {type(job).__name__}")
-    percent = _percent(job)
+    percent = 100.0 if job.status == "SUCCESSFUL" else job.percent
     status = str(job.status)
     indeterminate = percent is None and status == "RUNNING"
     done, total = job.progress_done, job.progress_total
@@ -99,37 +128,62 @@ def job_progress(context, job: Job, log: bool = False, cancel: bool = True, titl
     heading = (
         format_html('<div class="job-title">{}</div>', job.display_name) if title else mark_safe("")
     )
+    result_link = (
+        format_html(
+            '<a class="ui-button ui-button--primary job-result" data-field="result" href="{}"{} download>'
+            "Download the result</a>",
+            url or "#",
+            mark_safe("") if url else mark_safe(" hidden"),
+        )
+        if result
+        else mark_safe("")
+    )
+    shown = vocabulary.percent_text(job.percent, status)
     return format_html(
-        '<div class="job-live job-status-{status_lc}" data-job-live data-job-id="{id}" data-seq="{seq}" '
-        'data-status="{status}" data-final="{final}">{heading}'
-        '<div class="job-line"><span class="job-state" data-field="status">{label}</span>'
+        '<div class="job-live job-status-{status_lc}{compact}" data-job-live data-job-id="{id}" data-seq="{seq}" '
+        'data-status="{status}" data-final="{final}"{announced}>{heading}'
+        '<div class="job-line">{badge}'
         '<span class="job-percent" data-field="percent">{percent_text}</span>'
+        '<span class="job-follow">Live</span>'
         '<span class="job-counts" data-field="counts">{counts}</span></div>'
         '<div class="job-bar{indeterminate}" role="progressbar" aria-label="Progress of {name}" aria-valuemin="0" '
-        'aria-valuemax="100"{valuenow}><div class="job-bar-fill" style="width: {width}%"></div></div>'
-        '<p class="job-message" data-field="message">{message}</p>'
+        'aria-valuemax="100"{valuenow}{valuetext}><div class="job-bar-fill" style="width: {width}%"></div></div>'
+        '{message}'
         '<p class="job-error" data-field="error"{error_hidden}>{error}</p>'
-        '<div class="job-actions"><a class="job-result button" data-field="result" href="{href}"{result_hidden} download>'
-        "Download the result</a>{cancel}</div>{log}</div>{assets}",
+        '{actions}{log}<p class="ui-visually-hidden" data-field="announce" aria-live="polite"></p></div>{assets}',
         status_lc=status.lower(),
+        compact=" job-live-compact" if compact else "",
         id=job.pk,
         seq=job.seq,
         status=status,
         final="true" if job.is_final else "false",
+        # Already final at load: nothing to announce (the script announces a job that ends).
+        announced=format_html(' data-announced="{}"', status) if job.is_final else mark_safe(""),
         heading=heading,
-        label="Cancelling" if job.cancel_requested and not job.is_final else STATUS_LABELS.get(status, status),
-        percent_text=f"{int(percent)}%" if percent is not None else "",
+        badge=_badge(job, standalone=False),
+        percent_text=shown,
         counts=counts,
         indeterminate=" job-bar-indeterminate" if indeterminate else "",
         name=job.display_name,
         valuenow=format_html(' aria-valuenow="{}"', percent) if percent is not None else mark_safe(""),
+        valuetext=format_html(' aria-valuetext="{}"', shown) if shown else mark_safe(""),
         width=percent or 0,
-        message=job.message,
+        message=(
+            mark_safe("")
+            if compact
+            else format_html('<p class="job-message" data-field="message">{}</p>', vocabulary.message(job))
+        ),
         error_hidden=mark_safe("") if error else mark_safe(" hidden"),
         error=error,
-        href=url or "#",
-        result_hidden=mark_safe("") if url else mark_safe(" hidden"),
-        cancel=_cancel_control(job, context.get("request")) if cancel else mark_safe(""),
+        actions=(
+            format_html(
+                '<div class="job-actions">{}{}</div>',
+                result_link,
+                _cancel_control(job, context.get("request")) if cancel else mark_safe(""),
+            )
+            if result or cancel
+            else mark_safe("")
+        ),
         log=_log_list(job) if log else mark_safe(""),
         assets=jobs_live_assets(),
     )

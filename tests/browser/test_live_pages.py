@@ -259,7 +259,7 @@ def test_without_javascript_the_job_page_shows_the_state_of_the_job_when_it_is_l
         page.reload()
 
         widget = page.locator(f'[data-job-live][data-job-id="{job_id}"]')
-        expect(widget.locator("[data-field=status]")).to_have_text("Done")
+        expect(widget.locator("[data-field=status]")).to_have_text("Successful")
         expect(widget.locator("[data-field=percent]")).to_have_text("100%")
         expect(widget.locator("[data-field=result]")).to_be_visible()
         expect(page.locator(".ln-badge")).to_have_text("1")

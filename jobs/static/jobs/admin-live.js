@@ -9,12 +9,10 @@
 // Change page: the read-only fields (status, progress, message, times, error, the message log)
 // follow the job's topic.
 import { connection, SeqGate } from '../notifications/stomp-client.js';
-import { renderLog, stampOf } from './job-live.js';
+import { display, renderLog, stampOf } from './job-live.js';
 
 const UUID = /[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/;
 const gate = new SeqGate();
-// Django's own status labels (JobStatus.choices), as the admin's columns show them.
-const ADMIN_LABELS = { READY: 'Ready', RUNNING: 'Running', SUCCESSFUL: 'Successful', FAILED: 'Failed', CANCELLED: 'Cancelled' };
 
 /** The admin's duration format (jobs.admin._seconds): "4.2 s", "3 min 7 s", "2 h 5 min". */
 export function formatDuration(seconds) {
@@ -39,9 +37,7 @@ function queuedFor(event, now = Date.now()) {
 
 function localTime(iso) { return iso ? new Date(iso).toLocaleString() : '-'; }
 
-function adminStatus(event) {
-  return ADMIN_LABELS[event.status] + (event.cancel_requested && !event.final ? ' (cancelling)' : '');
-}
+function adminStatus(event) { return display(event).label; }
 
 function pkOf(row) {
   const box = row.querySelector('input.action-select');
@@ -71,10 +67,10 @@ export function renderAdminProgress(box, event) {
     if (percent === null) bar.removeAttribute('value'); else bar.value = percent;
   }
   const set = (name, text) => { const n = box.querySelector(`[data-field="${name}"]`); if (n) n.textContent = text; };
-  set('percent', percent === null ? '' : `${Math.round(percent)}%`);
+  set('percent', display(event).percent_text);
   const p = event.progress;
   set('counts', p.total ? `${p.done} / ${p.total}` : (p.done ? String(p.done) : ''));
-  const message = event.message || '';
+  const message = display(event).message || '';
   set('message', message.length > 60 ? `${message.slice(0, 59)}\u2026` : message);
 }
 

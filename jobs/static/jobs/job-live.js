@@ -4,17 +4,17 @@
 // event that arrives late, or a snapshot older than the page, never rolls the widget back.
 import { connection, SeqGate } from '../notifications/stomp-client.js';
 
-const STATUS_LABELS = { READY: 'Waiting', RUNNING: 'Running', SUCCESSFUL: 'Done', FAILED: 'Failed', CANCELLED: 'Cancelled' };
 const gate = new SeqGate();
 const widgets = new Map(); // job id -> [element, ...]
 
-export function statusLabel(status) { return STATUS_LABELS[status] || status; }
+// The words and the rounded percentage come with each event (event.display, built by the
+// server's jobs.vocabulary), so every page, the admin included, shows the same ones.
+export function display(event) {
+  return event.display || { label: event.status, percent: null, percent_text: '', message: event.message || '' };
+}
+export function statusLabel(event) { return display(event).label; }
 
 function field(root, name) { return root.querySelector(`[data-field="${name}"]`); }
-
-export function formatPercent(percent) {
-  return percent === null || percent === undefined ? '' : `${Math.floor(percent)}%`;
-}
 
 /** Apply one job event (contract 5) to one widget. */
 export function render(root, event) {
@@ -22,8 +22,10 @@ export function render(root, event) {
   root.dataset.status = event.status;
   root.dataset.final = event.final ? 'true' : 'false';
   root.className = root.className.replace(/\bjob-status-\w+/g, '').trim() + ` job-status-${event.status.toLowerCase()}`;
+  const shownState = display(event);
+  const wasFinal = root.dataset.announced === event.status;
   const status = field(root, 'status');
-  if (status) status.textContent = event.cancel_requested && !event.final ? 'Cancelling' : statusLabel(event.status);
+  if (status) status.textContent = shownState.label;
   const percent = event.progress ? event.progress.percent : null;
   const bar = root.querySelector('[role="progressbar"]');
   if (bar) {
@@ -31,15 +33,17 @@ export function render(root, event) {
     bar.classList.toggle('job-bar-indeterminate', shown === null && event.status === 'RUNNING');
     if (shown === null) bar.removeAttribute('aria-valuenow');
     else bar.setAttribute('aria-valuenow', String(shown));
+    if (shownState.percent_text) bar.setAttribute('aria-valuetext', shownState.percent_text);
+    else bar.removeAttribute('aria-valuetext');
     const fill = bar.querySelector('.job-bar-fill');
     if (fill) fill.style.width = `${shown === null ? 0 : shown}%`;
   }
   const pct = field(root, 'percent');
-  if (pct) pct.textContent = event.status === 'SUCCESSFUL' ? '100%' : formatPercent(percent);
+  if (pct) pct.textContent = shownState.percent_text;
   const counts = field(root, 'counts');
   if (counts && event.progress) counts.textContent = event.progress.total ? `${event.progress.done} / ${event.progress.total}` : (event.progress.done ? String(event.progress.done) : '');
   const message = field(root, 'message');
-  if (message) message.textContent = event.message || '';
+  if (message) message.textContent = shownState.message;
   const error = field(root, 'error');
   if (error) {
     error.textContent = event.error ? event.error.message : '';
@@ -54,6 +58,12 @@ export function render(root, event) {
   if (cancel) cancel.hidden = event.final || event.cancel_requested;
   const log = field(root, 'log');
   if (log && Array.isArray(event.log)) renderLog(log, event.log);
+  // Screen readers hear the end of a job once, not every progress step.
+  const announce = field(root, 'announce');
+  if (announce && event.final && !wasFinal) {
+    announce.textContent = `${event.name}: ${shownState.label}. ${shownState.message}`;
+    root.dataset.announced = event.status;
+  }
   root.dispatchEvent(new CustomEvent('job:update', { bubbles: true, detail: event }));
 }
 
@@ -80,8 +90,6 @@ export function renderLog(list, entries, format = clockOf) {
   while (list.children.length > limit) list.firstElementChild.remove();
 }
 
-const DJANGO_LABELS = { READY: 'Ready', RUNNING: 'Running', SUCCESSFUL: 'Successful', FAILED: 'Failed', CANCELLED: 'Cancelled' };
-
 function when(iso) {
   if (!iso) return '\u2014';
   const d = new Date(iso);
@@ -93,7 +101,7 @@ function when(iso) {
 /** Facts a job page lists beside the widget (<... data-job-detail="id"> with [data-fact=...] inside). */
 export function renderFacts(container, event) {
   const set = (name, text) => { const n = container.querySelector(`[data-fact="${name}"]`); if (n) n.textContent = text; };
-  set('status', DJANGO_LABELS[event.status] + (event.cancel_requested && !event.final ? ' (cancel requested)' : ''));
+  set('status', display(event).label);
   set('started', when(event.started_at));
   set('finished', when(event.finished_at));
   set('attempts', `${event.attempts} of ${event.max_attempts}`);
