@@ -21,7 +21,9 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.text import Truncator
 
+from . import vocabulary
 from .api import enqueue_for
+from .events import result_url
 from .exceptions import JobError, JobStateError
 from .models import Job, JobStatus
 from .tasks import debug_report
@@ -51,18 +53,16 @@ def _plural(n: int, word: str) -> str:
 @admin.register(Job)
 class JobAdmin(admin.ModelAdmin):
     list_display = (
-        "short_id",
-        "job_name",
+        "job_column",
         "status_display",
         "progress_display",
         "owner",
-        "queue",
-        "enqueued_at",
+        "enqueued",
         "queued_for",
         "run_time",
         "attempts_display",
     )
-    list_display_links = ("short_id", "job_name")
+    list_display_links = ("job_column",)
     list_filter = ("status", "queue", "task_path", "cancel_requested")
     search_fields = ("task_path", "name", "owner__username", "message")
     search_help_text = "A job id, a task path, a name, an owner's username or words of the status message."
@@ -75,7 +75,7 @@ class JobAdmin(admin.ModelAdmin):
         ("Run", {"fields": ("queue", "priority", "run_after", "enqueued_at", "started_at", "finished_at",
                             "queued_for", "run_time", "heartbeat_at", "worker_id", "attempts", "max_attempts",
                             "time_limit", "cancel_requested", "seq")}),
-        ("Arguments and result", {"fields": ("args", "kwargs", "result", "result_file")}),
+        ("Arguments and result", {"fields": ("args", "kwargs", "result", "result_link")}),
         ("Error", {"fields": ("error_type", "error_message", "error_traceback")}),
         ("Log", {"fields": ("log_display",)}),
     )
@@ -84,7 +84,7 @@ class JobAdmin(admin.ModelAdmin):
 
     def get_readonly_fields(self, request, obj=None):
         names = [f.name for f in Job._meta.fields]
-        return names + ["job_name", "progress_display", "queued_for", "run_time", "log_display"]
+        return names + ["job_name", "progress_display", "enqueued", "queued_for", "run_time", "log_display", "result_link"]
 
     def has_add_permission(self, request) -> bool:
         return False  # jobs are enqueued through django.tasks (or the action), never typed in
@@ -100,20 +100,23 @@ class JobAdmin(admin.ModelAdmin):
 
     # ---------------------------------------------------------------- columns
 
-    @admin.display(description="id", ordering="id")
-    def short_id(self, job: Job) -> str:
-        return str(job.pk)[:8]
-
     @admin.display(description="job", ordering="task_path")
     def job_name(self, job: Job) -> str:
         return job.display_name
 
+    @admin.display(description="job", ordering="task_path")
+    def job_column(self, job: Job) -> str:
+        """The name, with the short id (what the search box takes) under it: one column, not two."""
+        return format_html('{} <small class="job-admin-id">{}</small>', job.display_name, str(job.pk)[:8])
+
     @admin.display(description="status", ordering="status")
     def status_display(self, job: Job) -> str:
-        label = job.get_status_display()
-        if job.cancel_requested and not job.is_final:
-            label += " (cancelling)"
-        return format_html('<span class="job-admin-status job-status-{}">{}</span>', job.status.lower(), label)
+        # The words of jobs.vocabulary; the colour per state is job-live.css's (a badge).
+        return format_html(
+            '<span class="job-admin-status job-status-{}">{}</span>',
+            job.status.lower(),
+            vocabulary.label(job.status, job.cancel_requested),
+        )
 
     @admin.display(description="progress")
     def progress_display(self, job: Job) -> str:
@@ -122,18 +125,40 @@ class JobAdmin(admin.ModelAdmin):
             counts = f"{job.progress_done} / {job.progress_total}"
         else:
             counts = str(job.progress_done) if job.progress_done else ""
+        shown = vocabulary.percent_text(job.percent, job.status)
+        message = vocabulary.message(job)
         return format_html(
             '<span class="job-admin-progress" data-job-id="{}" data-seq="{}" data-status="{}">'
             '<progress max="100"{}>{}</progress> <span data-field="percent">{}</span> '
-            '<span data-field="counts">{}</span> <span data-field="message">{}</span></span>',
+            '<span data-field="counts">{}</span> <span data-field="message" title="{}">{}</span></span>',
             job.pk,
             job.seq,
             job.status,
             format_html(' value="{}"', percent) if percent is not None else "",
-            f"{percent:.0f}%" if percent is not None else "",
-            f"{percent:.0f}%" if percent is not None else "",
+            shown,
+            shown,
             counts,
-            Truncator(job.message).chars(60),
+            message,
+            Truncator(message).chars(60),
+        )
+
+    @admin.display(description="enqueued", ordering="enqueued_at")
+    def enqueued(self, job: Job) -> str:
+        """When it was enqueued, compactly (the full time is the tooltip and the change page's)."""
+        local = timezone.localtime(job.enqueued_at)
+        today = timezone.localdate()
+        short = local.strftime("%H:%M:%S") if local.date() == today else local.strftime("%Y-%m-%d %H:%M")
+        return format_html('<time datetime="{}" title="{}">{}</time>', local.isoformat(), local.strftime("%Y-%m-%d %H:%M:%S %Z"), short)
+
+    @admin.display(description="result file")
+    def result_link(self, job: Job) -> str:
+        """The result through the permission-checked download view, never the storage's own URL
+        (media files are not served: a result belongs to its owner and to who may view jobs)."""
+        url = result_url(job)
+        if not url:
+            return job.result_file.name if job.result_file else "—"
+        return format_html(
+            '<a href="{}" download>{}</a>', url, job.result_file.name.rsplit("/", 1)[-1]
         )
 
     @admin.display(description="queued for")

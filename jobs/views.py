@@ -75,7 +75,9 @@ def start_debug_report(request: HttpRequest) -> HttpResponse:
     except (InvalidTask, JobError) as exc:
         messages.error(request, f"The debug report could not be started: {exc}")
         return redirect("jobs:start_debug_report")
-    messages.success(request, "Debug report started; this page follows it live.")
+    # The page itself says whether it is following the job (the widget's "Live" mark), and stops
+    # saying so when the job ends; a flash message would go on claiming it.
+    messages.success(request, "Debug report started.")
     return redirect("jobs:detail", job_id=result.id)
 
 

@@ -63,7 +63,7 @@ def live_notifications(context) -> SafeString:
     read_url = reverse("notifications:mark_read")
     csrf = get_token(request) if request is not None else ""
     return format_html(
-        '<link rel="stylesheet" href="{css}">'
+        '<link rel="stylesheet" href="{ui_css}"><link rel="stylesheet" href="{css}">'
         '<div class="live-notifications{has}" data-live-notifications data-list-url="{list_url}" '
         'data-read-url="{read_url}" data-csrf="{csrf}" data-newest="{newest}">'
         '<details class="ln-panel"><summary title="Notifications">'
@@ -78,6 +78,7 @@ def live_notifications(context) -> SafeString:
         '<ul class="ln-list">{listing}</ul></div></details></div>'
         '<div class="ln-toasts" role="status" aria-live="polite"></div>'
         '<script type="module" src="{js}"></script>',
+        ui_css=static("notifications/ui.css"),
         css=static("notifications/notifications.css"),
         has=" ln-has-unread" if unread else "",
         list_url=f"{reverse('notifications:list')}?limit=20",

@@ -277,3 +277,53 @@ def test_another_user_cannot_cancel_my_job(alice, bob):
     assert client_for(bob).post(reverse("jobs:cancel", args=[job.pk])).status_code == 404
     job.refresh_from_db()
     assert job.status == "READY"
+
+
+# ------------------------------------------------------------------ error pages (DEBUG off, as in production)
+
+
+def test_someone_elses_job_is_the_sites_own_404_page_not_a_list_of_urls(alice, bob, settings):
+    settings.DEBUG = False
+    job = enqueue_report(alice)
+
+    response = client_for(bob).get(reverse("jobs:detail", args=[job.pk]))
+    page = response.content.decode()
+
+    assert response.status_code == 404
+    assert "<h1>Page not found</h1>" in page
+    assert '<body class="ui-page">' in page
+    assert "URLconf" not in page and "jobs/&lt;uuid:job_id&gt;/" not in page
+
+
+def test_a_forbidden_page_is_the_sites_own_403_page(rf, alice):
+    from django.views.defaults import permission_denied
+
+    request = rf.get("/admin/")
+    request.user = alice
+    response = permission_denied(request, exception=None)
+
+    assert response.status_code == 403
+    assert "<h1>Not allowed</h1>" in response.content.decode()
+
+
+def test_a_form_posted_without_its_csrf_token_gets_the_sites_own_page(alice, settings):
+    settings.DEBUG = False
+    c = Client(enforce_csrf_checks=True)
+    c.force_login(alice)
+
+    response = c.post(reverse("jobs:start_debug_report"))
+
+    assert response.status_code == 403
+    assert "<h1>The form has expired</h1>" in response.content.decode()
+
+
+def test_a_server_error_page_renders_with_no_context_and_no_database_query(rf, django_assert_num_queries):
+    from django.views.defaults import server_error
+
+    with django_assert_num_queries(0):
+        response = server_error(rf.get("/"))
+    page = response.content.decode()
+
+    assert response.status_code == 500
+    assert "<h1>Something went wrong on our side</h1>" in page
+    assert "/static/notifications/ui.css" in page

@@ -35,7 +35,10 @@ class LiveNotifications {
     this.root = root;
     this.badge = root.querySelector('[data-unread]');
     this.list = root.querySelector('.ln-list');
-    this.toasts = document.querySelector('.ln-toasts') || document.body.appendChild(el('div', { class: 'ln-toasts', role: 'status', 'aria-live': 'polite' }));
+    this.toasts = document.querySelector('.ln-toasts') || el('div', { class: 'ln-toasts', role: 'status', 'aria-live': 'polite' });
+    // Toasts live at the end of <body>: wherever the tag was placed (the admin puts it in its
+    // header), no header style reaches them.
+    if (this.toasts.parentElement !== document.body) document.body.append(this.toasts);
     this.listUrl = root.dataset.listUrl;
     this.readUrl = root.dataset.readUrl;
     this.csrf = root.dataset.csrf;
@@ -145,6 +148,10 @@ class LiveNotifications {
         n.link ? el('a', { href: n.link, class: 'ln-link', 'data-read': String(n.id) }, n.link.includes('/download/') ? 'Download' : 'Open') : null),
       el('button', { type: 'button', class: 'ln-close', 'aria-label': 'Close and mark as read', 'data-read': String(n.id), 'data-close': '' }, '\u00d7'));
     node.addEventListener('click', (e) => this._onClick(e));
+    // Escape closes the toast that has the keyboard focus (its close button marks it read).
+    node.addEventListener('keydown', (e) => {
+      if (e.key === 'Escape') node.querySelector('[data-close]').click();
+    });
     this.toasts.append(node);
     if (n.level === 'info' || n.level === 'success') setTimeout(() => node.remove(), TOAST_MS);
   }
