@@ -52,7 +52,7 @@ def wait_port(port: int, timeout: float, proc: subprocess.Popen | None = None) -
     raise TimeoutError(f"nothing listened on 127.0.0.1:{port} within {timeout}s")
 
 
-def environment(var_dir: Path, broker_url: str) -> dict[str, str]:
+def environment(var_dir: Path, broker_url: str, debug: bool = True) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("DATABASE_URL", None)
     env.update(
@@ -61,7 +61,7 @@ def environment(var_dir: Path, broker_url: str) -> dict[str, str]:
             "DATABASE_URL": f"sqlite:///{var_dir / 'db.sqlite3'}",
             "DJANGO_VAR_DIR": str(var_dir),
             "STOMP_BROKER_URL": broker_url,
-            "DJANGO_DEBUG": "1",
+            "DJANGO_DEBUG": "1" if debug else "0",
             "DJANGO_LOG_LEVEL": "WARNING",
             "PYTHONUNBUFFERED": "1",
         }
@@ -101,12 +101,14 @@ class LiveStack:
     broker_url: str
     template_db: Path | None = None
     worker: bool = True
+    # DEBUG off: the production error pages; the static files must be collected first.
+    debug: bool = True
     port: int = 0
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     @property
     def env(self) -> dict[str, str]:
-        return environment(self.var_dir, self.broker_url)
+        return environment(self.var_dir, self.broker_url, self.debug)
 
     @property
     def url(self) -> str:
