@@ -122,6 +122,8 @@ def test_the_event_of_a_job_has_exactly_the_contract_fields():
         "cancel_requested": False, "attempts": 1, "max_attempts": 2,
         "enqueued_at": "2026-01-02T03:04:05+00:00", "started_at": "2026-01-02T03:04:05+00:00",
         "finished_at": "2026-01-02T03:04:05+00:00",
+        "display": {"state": "failed", "label": "Failed", "percent": 25, "percent_text": "25%",
+                    "message": "Stopped during: half."},
     }
 
 
