@@ -327,3 +327,20 @@ def test_a_server_error_page_renders_with_no_context_and_no_database_query(rf, d
     assert response.status_code == 500
     assert "<h1>Something went wrong on our side</h1>" in page
     assert "/static/notifications/ui.css" in page
+
+
+# ------------------------------------------------------------------ packaged templates
+
+
+def test_the_jobs_pages_render_in_a_project_without_the_demos_templates(alice, settings):
+    settings.TEMPLATES = [{**settings.TEMPLATES[0], "DIRS": []}]
+    job = enqueue_report(alice)
+
+    listing = client_for(alice).get(reverse("jobs:list")).content.decode()
+    detail = client_for(alice).get(reverse("jobs:detail", args=[job.pk])).content.decode()
+
+    for page in (listing, detail):
+        assert '<body class="ui-page">' in page
+        assert 'href="/static/notifications/ui.css"' in page and 'href="/static/jobs/job-live.css"' in page
+        assert '<a href="/jobs/" aria-current="page">Jobs</a>' in page
+        assert "Live jobs" not in page  # the demo's name is in the demo's own base template
