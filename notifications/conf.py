@@ -15,6 +15,7 @@ __all__ = [
     "broker_urls",
     "parse_broker_url",
     "parse_broker_urls",
+    "as_broker_urls",
 ]
 
 DEFAULTS: dict[str, Any] = {
@@ -220,6 +221,18 @@ def parse_broker_urls(value: str | list[str] | tuple[str, ...]) -> tuple[BrokerU
 def _masked(url: str) -> str:
     """The URL text with any password replaced, for error messages."""
     return re.sub(r"(://[^:/@,]*:)[^@/,]*@", r"\1***@", url)
+
+
+def as_broker_urls(value: BrokerURL | str | list | tuple | None) -> tuple[BrokerURL, ...]:
+    """The brokers a Hub or Publisher was given: None for NOTIFICATIONS["BROKER_URL"], a
+    BrokerURL, BrokerURLs, or anything parse_broker_urls() reads."""
+    if value is None:
+        return broker_urls()
+    if isinstance(value, BrokerURL):
+        return (value,)
+    if isinstance(value, (list, tuple)) and value and all(isinstance(u, BrokerURL) for u in value):
+        return tuple(value)
+    return parse_broker_urls(value)
 
 
 def broker_urls() -> tuple[BrokerURL, ...]:

@@ -276,14 +276,7 @@ class Hub:
         publish_buffer: int = PUBLISH_BUFFER,
         limits: Limits | None = None,
     ):
-        if url is None:
-            urls = conf.broker_urls()
-        elif isinstance(url, conf.BrokerURL):
-            urls = (url,)
-        elif isinstance(url, (list, tuple)) and all(isinstance(u, conf.BrokerURL) for u in url):
-            urls = tuple(url)
-        else:
-            urls = conf.parse_broker_urls(url)
+        urls = conf.as_broker_urls(url)
         self.urls: tuple[conf.BrokerURL, ...] = urls
         self.heartbeat_ms = conf.get("HEARTBEAT_MS") if heartbeat_ms is None else heartbeat_ms
         self.reconnect_min = conf.get("RECONNECT_MIN") if reconnect_min is None else reconnect_min

@@ -195,14 +195,7 @@ class Publisher:
         heartbeat_ms: int | None = None,
         receipt_timeout: float | None = None,
     ) -> None:
-        if url is None:
-            urls = conf.broker_urls()
-        elif isinstance(url, conf.BrokerURL):
-            urls = (url,)
-        elif isinstance(url, (list, tuple)) and all(isinstance(u, conf.BrokerURL) for u in url):
-            urls = tuple(url)
-        else:
-            urls = conf.parse_broker_urls(url)
+        urls = conf.as_broker_urls(url)
         self.urls: tuple[conf.BrokerURL, ...] = urls
         self._index = 0  # the broker in use, or the next one to try
         self.buffer_size = int(buffer_size if buffer_size is not None else conf.get("PUBLISHER_BUFFER"))

@@ -47,52 +47,38 @@ def rabbitmq_stomp_url() -> str:
     return url
 
 
-@pytest.fixture(scope="session")
-def activemq_stomp_url(tmp_path_factory) -> str:
-    """stomp:// URL of an ActiveMQ (Debian's package) this test session starts on a free port."""
-    from tests import activemq
+def _launched(name: str, tmp_path_factory):
+    """Start the broker of launcher module tests.<name> on a free port for the session; yields its URL."""
+    import importlib
 
-    why = activemq.missing()
+    launcher = importlib.import_module(f"tests.{name}")
+    why = launcher.missing()
     if why is not None:
         service_missing(why)
     port = free_port()
-    proc = activemq.start(tmp_path_factory.mktemp("activemq"), port)
+    proc = launcher.start(tmp_path_factory.mktemp(name), port)
     try:
         yield f"stomp://127.0.0.1:{port}"
     finally:
-        activemq.stop(proc)
+        launcher.stop(proc)
+
+
+@pytest.fixture(scope="session")
+def activemq_stomp_url(tmp_path_factory) -> str:
+    """stomp:// URL of an ActiveMQ (Debian's package) this test session starts on a free port."""
+    yield from _launched("activemq", tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
 def stompserver_stomp_url(tmp_path_factory) -> str:
     """stomp:// URL of Debian's StompServer (STOMP 1.0) this test session starts on a free port."""
-    from tests import stompserver
-
-    why = stompserver.missing()
-    if why is not None:
-        service_missing(why)
-    port = free_port()
-    proc = stompserver.start(tmp_path_factory.mktemp("stompserver"), port)
-    try:
-        yield f"stomp://127.0.0.1:{port}"
-    finally:
-        stompserver.stop(proc)
+    yield from _launched("stompserver", tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
 def coilmq_stomp_url(tmp_path_factory) -> str:
     """stomp:// URL of a CoilMQ this test session starts on a free port."""
-    from tests import coilmq
-
-    why = coilmq.missing()
-    if why is not None:
-        service_missing(why)
-    port = free_port()
-    proc = coilmq.start(tmp_path_factory.mktemp("coilmq"), port)
-    try:
-        yield f"stomp://127.0.0.1:{port}"
-    finally:
-        coilmq.stop(proc)
+    yield from _launched("coilmq", tmp_path_factory)
 
 
 def _broker_url(request, name: str) -> str:

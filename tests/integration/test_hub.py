@@ -41,13 +41,18 @@ class Recorder:
                 await self.arrived.wait()
 
 
-@pytest.fixture
-async def relay(every_stomp_broker_url):
-    url = parse_broker_url(every_stomp_broker_url)
+async def relay_to(broker_url: str):
+    url = parse_broker_url(broker_url)
     relay = Relay(url.host, url.port)
     await relay.start()
     yield relay
     await relay.close()
+
+
+@pytest.fixture
+async def relay(every_stomp_broker_url):
+    async for relay in relay_to(every_stomp_broker_url):
+        yield relay
 
 
 @pytest.fixture
@@ -362,11 +367,8 @@ async def test_the_connect_log_line_says_what_a_stomp_1_2_broker_negotiated(embe
 
 @pytest.fixture
 async def coilmq_relay(coilmq_stomp_url):
-    url = parse_broker_url(coilmq_stomp_url)
-    relay = Relay(url.host, url.port)
-    await relay.start()
-    yield relay
-    await relay.close()
+    async for relay in relay_to(coilmq_stomp_url):
+        yield relay
 
 
 async def test_coilmq_gets_the_machines_name_as_host_header_after_refusing_the_others(coilmq_relay, coilmq_stomp_url):
