@@ -139,6 +139,8 @@ def parse_broker_url(url: str) -> BrokerURL:
     if not isinstance(url, str):
         raise ValueError(f"Broker URL {url!r} must be a string like stomp://127.0.0.1:61613")
     url = url.strip()
+    if "," in url or url.lower().startswith("failover:"):
+        raise ValueError(f"Broker URL {_masked(url)!r} names several brokers; read it with parse_broker_urls()")
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme not in PLAIN_SCHEMES + TLS_SCHEMES:

@@ -49,6 +49,7 @@ def test_str_masks_the_password_and_keeps_the_options():
         ("stomp://127.0.0.1?ca_file=/ca.pem", "ca_file applies to TLS URLs only"),
         ("stomp+ssl://127.0.0.1?key_file=/k.pem", "key_file needs cert_file"),
         ("stomp+ssl://127.0.0.1?ca_file=", "ca_file needs a file path"),
+        ("stomp://a:1,stomp://b:2", "names several brokers; read it with parse_broker_urls()"),
     ],
 )
 def test_a_bad_url_is_refused_with_a_message_that_says_what_is_wrong(value, message):
