@@ -134,7 +134,8 @@ def publish_wakeup(queue: str) -> None:
     if publish is None:
         return
     try:
-        publish(destinations.JOBS_WAKEUP, queue)
+        # Wake-ups still waiting in the publisher merge: one tells idle workers as much as ten.
+        publish(destinations.JOBS_WAKEUP, queue, coalesce_key=f"wakeup:{queue}")
     except Exception:
         logger.exception("Could not publish a wake-up for queue %s", queue)
 

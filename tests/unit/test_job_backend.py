@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import timedelta
 
 import pytest
@@ -203,3 +204,135 @@ def test_aenqueue_for_makes_the_user_the_owner_through_the_async_api():
 
     result = asyncio.run(go())
     assert Job.objects.get(pk=result.id).owner == user
+
+
+def statements(captured) -> list[str]:
+    """The SQL verbs of captured queries (SAVEPOINT bookkeeping left out)."""
+    return [q["sql"].split()[0].upper() for q in captured if "SAVEPOINT" not in q["sql"].upper()]
+
+
+def test_enqueue_costs_one_insert_and_no_other_query():
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    jobs_tasks.add.enqueue(0, 0)  # first use: nothing is cached for the first call below either way
+    with CaptureQueriesContext(connection) as ctx:
+        jobs_tasks.add.enqueue(1, 2)
+    assert statements(ctx.captured_queries) == ["INSERT"]
+
+
+def test_enqueue_for_an_owner_costs_one_insert_too():
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    user = get_user_model().objects.create_user("dee")
+    with CaptureQueriesContext(connection) as ctx:
+        enqueue_for(user, jobs_tasks.add, 1, 2)
+    assert statements(ctx.captured_queries) == ["INSERT"]
+    assert Job.objects.get().owner == user
+
+
+def test_a_job_written_by_enqueue_has_every_column_as_the_orm_would_write_it():
+    result = jobs_tasks.add.using(priority=3).enqueue(1, b=2)
+    fast = Job.objects.filter(pk=result.id).values().get()
+    orm = Job.objects.create(
+        task_path="tests.jobs_tasks.add", args=[1], kwargs={"b": 2}, queue="default", priority=3, backend="default",
+        run_after=fast["run_after"], enqueued_at=fast["enqueued_at"], max_attempts=1, time_limit=3600.0,
+    )
+    slow = Job.objects.filter(pk=orm.pk).values().get()
+    assert {k: v for k, v in fast.items() if k != "id"} == {k: v for k, v in slow.items() if k != "id"}
+
+
+def test_a_post_save_receiver_on_job_still_sees_each_enqueued_job():
+    from django.db.models.signals import post_save
+
+    seen = []
+
+    def receiver(sender, instance, created, **kwargs):
+        seen.append((str(instance.pk), created))
+
+    post_save.connect(receiver, sender=Job)
+    try:
+        result = jobs_tasks.add.enqueue(1, 2)
+    finally:
+        post_save.disconnect(receiver, sender=Job)
+    assert seen == [(result.id, True)]
+
+
+def test_enqueue_many_writes_every_job_with_one_insert():
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from jobs.api import enqueue_many
+
+    with CaptureQueriesContext(connection) as ctx:
+        results = enqueue_many(jobs_tasks.add, [(n, n) for n in range(50)])
+    assert statements(ctx.captured_queries) == ["INSERT"]
+    stored = dict(Job.objects.values_list("id", "args"))
+    assert [stored[uuid.UUID(r.id)] for r in results] == [[n, n] for n in range(50)]
+    assert {r.status for r in results} == {TaskResultStatus.READY}
+
+
+def test_enqueue_many_splits_what_exceeds_one_statement_and_writes_everything():
+    from jobs.api import enqueue_many
+
+    results = enqueue_many(jobs_tasks.add, [(n, 1) for n in range(2500)])  # over SQLite's ~1,000 rows per INSERT
+    assert (len(results), Job.objects.count(), len({r.id for r in results})) == (2500, 2500, 2500)
+
+
+def test_enqueue_many_takes_keyword_arguments_through_call():
+    from jobs.api import call, enqueue_many
+
+    enqueue_many(jobs_tasks.add, [call(1, b=2), [3, 4]])
+    assert sorted(Job.objects.values_list("args", "kwargs")) == [([1], {"b": 2}), ([3, 4], {})]
+
+
+def test_enqueue_many_validates_every_call_before_writing_anything():
+    from jobs.api import enqueue_many
+
+    with pytest.raises(InvalidArguments, match="must be JSON-serialisable"):
+        enqueue_many(jobs_tasks.add, [(1, 2), (object(), 2)])
+    assert Job.objects.count() == 0
+
+
+def test_enqueue_many_refuses_a_bare_argument_with_a_hint():
+    from jobs.api import enqueue_many
+
+    with pytest.raises(TypeError, match=r"a single argument x is \(x,\)"):
+        enqueue_many(jobs_tasks.add, [5])
+    assert Job.objects.count() == 0
+
+
+def test_enqueue_many_applies_job_options_to_every_job():
+    from jobs.api import enqueue_many
+
+    user = get_user_model().objects.create_user("eve")
+    with job_options(owner=user, name="Batch"):
+        enqueue_many(jobs_tasks.add, [(1, 1), (2, 2)])
+    assert list(Job.objects.values_list("owner", "name").distinct()) == [(user.pk, "Batch")]
+
+
+def test_enqueue_many_announces_every_job_and_one_wakeup_per_queue_after_commit(django_capture_on_commit_callbacks):
+    from jobs.api import enqueue_many
+
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        enqueue_many(jobs_tasks.add, [(n, n) for n in range(10)])
+    assert len(callbacks) == 1
+
+
+def test_enqueue_many_sends_task_enqueued_for_each_job():
+    from django.tasks.signals import task_enqueued
+
+    from jobs.api import enqueue_many
+
+    seen = []
+
+    def receiver(sender, task_result, **kwargs):
+        seen.append(task_result.id)
+
+    task_enqueued.connect(receiver)
+    try:
+        results = enqueue_many(jobs_tasks.add, [(1, 1), (2, 2)])
+    finally:
+        task_enqueued.disconnect(receiver)
+    assert seen == [r.id for r in results]
