@@ -10,7 +10,7 @@ class JobsConfig(AppConfig):
 
     def ready(self) -> None:
         from . import checks  # noqa: F401  (registers the system checks)
-        from . import metrics, ops_checks  # noqa: F401  (ops_checks registers jobs.E1xx)
+        from . import metrics, ops_checks, ops_live  # noqa: F401  (jobs.E1xx checks; /topic/ops.overview)
         from .backends import install_task_log
 
         install_task_log()  # a cancelled job is not logged as a failed task

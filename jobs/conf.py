@@ -75,6 +75,9 @@ DEFAULTS: dict[str, Any] = {
     # (a worker's own --metrics-port endpoint allows loopback).
     "METRICS_TOKEN": None,
     "METRICS_ALLOWED_IPS": None,
+    # Seconds between two publications of the admin's live overview (/topic/ops.overview) by
+    # the first alive worker; None: the pages show the state at load only.
+    "OVERVIEW_INTERVAL": 2.0,
 }
 
 

@@ -1,5 +1,6 @@
 """What a worker does besides running jobs: its Worker row, the schedules, the housekeeping
-(marking silent workers lost, pruning old rows: jobs.retention).
+(marking silent workers lost, pruning old rows: jobs.retention, publishing the admin's live
+overview: jobs.ops_live).
 
 jobs.worker.Worker calls three hooks: start() when its loop starts, beat() with each heartbeat
 of its loop (the Worker row), stop() when it exits. Schedules and housekeeping run in a thread
@@ -87,6 +88,8 @@ class WorkerDuties:
             intervals["schedules"] = float(conf.get("SCHEDULE_INTERVAL"))
         if conf.get("PRUNE_INTERVAL") is not None:
             intervals["prune"] = float(conf.get("PRUNE_INTERVAL"))
+        if conf.get("OVERVIEW_INTERVAL") is not None:
+            intervals["overview"] = float(conf.get("OVERVIEW_INTERVAL"))
         return intervals
 
     def _run(self) -> None:
@@ -119,6 +122,12 @@ class WorkerDuties:
 
     def _do_lost(self) -> None:
         workers.mark_lost()
+
+    def _do_overview(self) -> None:
+        from . import ops_live
+
+        if not self.worker.stopping and ops_live.is_publisher(self.worker.worker_id):
+            ops_live.publish_overview()
 
     def _do_prune(self) -> None:
         self.pruned = retention.prune(should_stop=lambda: self._stop.is_set() or self.worker.stopping)

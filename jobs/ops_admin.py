@@ -6,11 +6,13 @@ through their actions (pause, resume), workers not at all. Imported by jobs/admi
 from __future__ import annotations
 
 from django.contrib import admin, messages
-from django.urls import reverse
+from django.core.exceptions import PermissionDenied
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from . import schedules
+from . import ops_live, schedules
 from .models import Schedule, ScheduleRun, Worker, WorkerState
 
 __all__ = ["ScheduleAdmin", "WorkerAdmin"]
@@ -33,6 +35,24 @@ def _local(value, zone_name: str) -> str:
     if value is None:
         return "—"
     return f"{value.astimezone(schedules._zone(zone_name)):%Y-%m-%d %H:%M:%S %Z}"
+
+
+# The overview's chart: a 600 x 120 SVG, one 8-wide bar per minute (jobs/ops-live.js draws the same).
+CHART_HEIGHT = 110
+CHART_STEP = 10
+
+
+def chart_bars(per_minute: list[dict]) -> tuple[int, list[dict]]:
+    """The tallest bar (jobs) and each minute's bar: succeeded stacked on failed, bottom-aligned."""
+    peak = max([1, *(m["succeeded"] + m["failed"] for m in per_minute)])
+    bars = []
+    for n, m in enumerate(per_minute):
+        failed_h = round(CHART_HEIGHT * m["failed"] / peak, 1)
+        ok_h = round(CHART_HEIGHT * m["succeeded"] / peak, 1)
+        bars.append({"x": n * CHART_STEP, "failed_y": round(120 - failed_h, 1), "failed_h": failed_h,
+                     "ok_y": round(120 - failed_h - ok_h, 1), "ok_h": ok_h,
+                     "label": f"{m['minute'][11:16]} UTC: {m['succeeded']} succeeded, {m['failed']} failed"})
+    return peak, bars
 
 
 class ScheduleRunInline(admin.TabularInline):
@@ -124,8 +144,11 @@ class ScheduleAdmin(admin.ModelAdmin):
 
 @admin.register(Worker)
 class WorkerAdmin(admin.ModelAdmin):
+    """The workers, live (jobs/ops-live.js follows /topic/ops.overview), and the Overview dashboard
+    at admin/jobs/worker/overview/."""
+
     list_display = ("id", "state_display", "host", "pid", "queue_list", "concurrency", "heartbeat_age",
-                    "running_count", "succeeded", "failed", "started_at")
+                    "running_count", "succeeded_count", "failed_count", "started_at")
     list_filter = ("state", "host")
     search_fields = ("id", "host")
 
@@ -138,10 +161,13 @@ class WorkerAdmin(admin.ModelAdmin):
     def has_change_permission(self, request, obj=None) -> bool:
         return False
 
+    def _cell(self, obj: Worker, field: str, text) -> str:
+        return format_html('<span data-worker="{}" data-field="{}">{}</span>', obj.id, field, text)
+
     @admin.display(description="state", ordering="state")
     def state_display(self, obj: Worker) -> str:
-        return format_html('<span class="worker-state worker-state-{}">{}</span>', obj.state.lower(),
-                           obj.get_state_display())
+        return format_html('<span class="worker-state worker-state-{}" data-worker="{}" data-field="state">{}</span>',
+                           obj.state.lower(), obj.id, obj.get_state_display())
 
     @admin.display(description="queues")
     def queue_list(self, obj: Worker) -> str:
@@ -149,8 +175,38 @@ class WorkerAdmin(admin.ModelAdmin):
 
     @admin.display(description="heartbeat", ordering="heartbeat_at")
     def heartbeat_age(self, obj: Worker) -> str:
-        return _ago(obj.heartbeat_at) if obj.state in {WorkerState.RUNNING, WorkerState.STOPPING} else "—"
+        alive = obj.state in {WorkerState.RUNNING, WorkerState.STOPPING}
+        return self._cell(obj, "heartbeat", _ago(obj.heartbeat_at) if alive else "—")
 
     @admin.display(description="running")
-    def running_count(self, obj: Worker) -> int:
-        return len(obj.running or [])
+    def running_count(self, obj: Worker) -> str:
+        return self._cell(obj, "running", len(obj.running or []))
+
+    @admin.display(description="succeeded", ordering="succeeded")
+    def succeeded_count(self, obj: Worker) -> str:
+        return self._cell(obj, "succeeded", obj.succeeded)
+
+    @admin.display(description="failed", ordering="failed")
+    def failed_count(self, obj: Worker) -> str:
+        return self._cell(obj, "failed", obj.failed)
+
+    def get_urls(self):
+        return [path("overview/", self.admin_site.admin_view(self.overview_view), name="jobs_overview"),
+                *super().get_urls()]
+
+    def overview_view(self, request):
+        """Jobs per state, throughput and failures per minute, queues, slowest tasks, workers: live."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        data = ops_live.overview()
+        peak, bars = chart_bars(data["per_minute"])
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Jobs overview",
+            "opts": self.opts,
+            "overview": data,
+            "peak": peak,
+            "bars": bars,
+            "destination": ops_live.OVERVIEW,
+        }
+        return TemplateResponse(request, "admin/jobs/overview.html", context)

@@ -11,7 +11,7 @@ from .schedules import check_schedules
 __all__ = ["check_operations_settings", "check_schedules"]
 
 _POSITIVE = ("SCHEDULE_INTERVAL", "SCHEDULE_MISSED_AFTER", "HEALTH_MAX_READY_AGE", "HEALTH_BROKER_TIMEOUT")
-_POSITIVE_OR_NONE = ("PRUNE_JOBS_AFTER", "PRUNE_WORKERS_AFTER", "PRUNE_INTERVAL")
+_POSITIVE_OR_NONE = ("PRUNE_JOBS_AFTER", "PRUNE_WORKERS_AFTER", "PRUNE_INTERVAL", "OVERVIEW_INTERVAL")
 
 
 def _number(value) -> bool:
