@@ -32,6 +32,7 @@ from urllib.parse import urlencode
 from urllib.request import HTTPCookieProcessor, Request, build_opener
 
 import pytest
+from packaging.version import Version  # hatchling's dependency
 
 from notifications.codec import HEARTBEAT, Frame, FrameParser, encode_frame
 from tests.conftest import free_port, port_open
@@ -143,12 +144,17 @@ def test_the_readme_steps_edit_settings_urls_and_asgi_and_run_broker_worker_and_
 # --- dependencies ----------------------------------------------------------------------------
 
 
+def _declared() -> dict:
+    """pyproject.toml's [project] table."""
+    return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+
+
 def _canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def test_every_third_party_module_the_apps_import_is_a_declared_dependency():
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    project = _declared()
     requirements = project["dependencies"] + [r for extra in project["optional-dependencies"].values() for r in extra]
     declared = {_canonical(re.split(r"[<>=!~\[; ]", r, maxsplit=1)[0]) for r in requirements}
     distributions = packages_distributions()
@@ -256,10 +262,22 @@ def _clean_env(venv: Path) -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="module")
-def venv(wheel, tmp_path_factory) -> Path:
+def lowest_versions() -> dict[str, str]:
+    """The oldest version of every dependency that pyproject.toml claims to support (its >= bound)."""
+    versions = {}
+    for requirement in _declared()["dependencies"]:
+        bound = re.match(r"^([A-Za-z0-9_.-]+)(?:\[[^]]*\])?\s*>=\s*([^,;\s]+)", requirement)
+        assert bound, f"the dependency {requirement!r} declares no lower bound"
+        versions[bound.group(1)] = bound.group(2)
+    return versions
+
+
+@pytest.fixture(scope="module", params=["newest", "lowest"], ids=["newest-dependencies", "lowest-dependencies"])
+def venv(request, wheel, tmp_path_factory) -> Path:
     """A new virtualenv with the wheel and its dependencies, from the wheelhouse (filled from the index once).
 
+    Twice: with the newest dependencies the wheelhouse has, and with the oldest that
+    pyproject.toml claims (each `>=` bound pinned), so a claim the code outgrew fails here.
     This run's pip installs into it (`pip --python`): the same packages a `pip install` inside it
     would, without the minutes ensurepip and byte-compiling take on a loaded machine.
     """
@@ -269,16 +287,30 @@ def venv(wheel, tmp_path_factory) -> Path:
     house = _wheelhouse()
     house.mkdir(parents=True, exist_ok=True)
     pip = [sys.executable, "-m", "pip", "--python", root / "bin" / "python"]
-    install = [*pip, "install", "--quiet", "--no-compile", "--no-index", "--find-links", house, wheel]
+    constraints = []
+    if request.param == "lowest":
+        pins = root.parent / "lowest.txt"
+        pins.write_text("".join(f"{name}=={version}\n" for name, version in lowest_versions().items()))
+        constraints = ["--constraint", pins]
+    install = [*pip, "install", "--quiet", "--no-compile", "--no-index", "--find-links", house, *constraints, wheel]
     offline = subprocess.run(install, cwd=root, env=env, capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
     if offline.returncode != 0:
         logger.info("wheelhouse %s lacks dependencies (%s); filling it from the package index", house,
                     offline.stderr.strip().splitlines()[-1:] or "")
-        _run([*pip, "wheel", "--quiet", "-w", house, "--find-links", house, wheel],
+        _run([*pip, "wheel", "--quiet", "-w", house, "--find-links", house, *constraints, wheel],
              cwd=root, env=env, what="fetching the dependencies into the wheelhouse")
         for stale in house.glob("django_live_jobs-*.whl"):  # only the wheel under test is installed
             stale.unlink()
         _run(install, cwd=root, env=env, what="installing the wheel into the fresh virtualenv")
+    if request.param == "lowest":
+        installed = _run([root / "bin" / "python", "-c", (
+            "from importlib.metadata import version\n"
+            f"for name in {sorted(lowest_versions())!r}: print(name, version(name))"
+        )], cwd=root, env=env)
+        found = dict(line.split(" ", 1) for line in installed.splitlines())
+        assert {name: Version(v) for name, v in found.items()} == {
+            name: Version(v) for name, v in lowest_versions().items()
+        }
     return root
 
 
