@@ -35,6 +35,7 @@ import functools
 import itertools
 import json
 import logging
+import os
 import sys
 import time
 import weakref
@@ -308,7 +309,8 @@ class StompConsumer(AsyncWebsocketConsumer):
             ("version", version),
             ("heart-beat", f"{ours},{ours}"),
             ("server", SERVER_NAME),
-            ("session", f"ws-{id(self):x}"),
+            # The process id makes it unique across web processes and says which one serves it.
+            ("session", f"ws-{os.getpid()}-{id(self):x}"),
             ("user-name", user.get_username()),
             # The server's clock, so a client can name "since" in it when it resubscribes.
             ("server-time", str(int(time.time() * 1000))),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 
 import pytest
 from channels.db import database_sync_to_async
@@ -130,6 +131,15 @@ async def test_connect_answers_connected_with_version_heartbeat_server_and_sessi
     )
     assert headers["session"].startswith("ws-")
     await client.close()
+
+
+async def test_the_connected_session_header_names_the_web_process_that_serves_the_socket(live, alice):
+    client = await open_client(alice)
+    await client.send_raw("CONNECT\naccept-version:1.2\nhost:localhost\nheart-beat:0,0\n\n\x00")
+    frame = await client.next_frame()
+    headers = frame.header_dict() if hasattr(frame, "header_dict") else dict(frame.headers)
+    await client.close()
+    assert headers["session"].split("-")[:2] == ["ws", str(os.getpid())]
 
 
 async def test_the_highest_offered_subprotocol_is_chosen(live, alice):
