@@ -21,7 +21,9 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.text import Truncator
 
-from . import vocabulary
+from notifications.live_admin import LiveModelAdmin
+
+from . import live, vocabulary
 from .api import enqueue_for
 from .events import result_url
 from .exceptions import JobError, JobStateError
@@ -51,7 +53,7 @@ def _plural(n: int, word: str) -> str:
 
 
 @admin.register(Job)
-class JobAdmin(admin.ModelAdmin):
+class JobAdmin(LiveModelAdmin, admin.ModelAdmin):
     list_display = (
         "job_column",
         "status_display",
@@ -69,6 +71,11 @@ class JobAdmin(admin.ModelAdmin):
     list_select_related = ("owner",)
     date_hierarchy = "enqueued_at"
     list_per_page = 50
+    # Live: the list follows every job, a job's page its own topic; jobs/admin-live.js renders
+    # the events (they carry the whole state) instead of fetching the page again.
+    live_destination = live.JOBS_ALL
+    live_object_destination = live.job("{pk}")
+    live_script = "jobs/admin-live.js"
     actions = ("cancel_jobs", "retry_jobs", "start_debug_report")
     fieldsets = (
         (None, {"fields": ("id", "job_name", "task_path", "status", "progress_display", "message", "owner")}),

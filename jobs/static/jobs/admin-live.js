@@ -1,4 +1,6 @@
-// The live Django admin for jobs (jobs.admin.JobAdmin's columns and read-only fields).
+// The live Django admin for jobs (jobs.admin.JobAdmin's columns and read-only fields), the
+// LiveModelAdmin script of JobAdmin: jobs' events carry the whole state, so it renders them itself
+// rather than fetching the page again as the generic notifications/live-admin.js does.
 //
 // Change list: rows are found by the job's pk (the action checkbox's value, else the change
 // link), and their status, progress, times and attempts cells follow /topic/jobs.all. Rows not
@@ -11,6 +13,10 @@
 import { connection, SeqGate } from '../notifications/stomp-client.js';
 import { display, renderLog, stampOf } from './job-live.js';
 
+// Destinations as jobs.admin.JobAdmin declares them (LiveModelAdmin puts them in this module's URL).
+const SETTINGS = new URL(import.meta.url).searchParams;
+const LIST = SETTINGS.get('list') || '/topic/jobs.all';
+const jobTopic = (pk) => (SETTINGS.get('object') || '/topic/jobs.{pk}').replace('{pk}', pk);
 const UUID = /[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/;
 const gate = new SeqGate();
 
@@ -91,13 +97,13 @@ class LiveChangeList {
     this.banner = document.querySelector('[data-live-banner]');
     this.newJobs = new Set();
     const client = connection();
-    client.subscribe('/topic/jobs.all', (frame) => this.apply(frame.json()), {
+    client.subscribe(LIST, (frame) => this.apply(frame.json()), {
       onError: () => { document.documentElement.dataset.jobsLive = 'denied'; },
     });
     for (const [pk, row] of this.rows) {
       const box = row.querySelector('.job-admin-progress[data-status]');
       if (!box || !['SUCCESSFUL', 'FAILED', 'CANCELLED'].includes(box.dataset.status)) {
-        client.subscribe(`/topic/jobs.${pk}`, (frame) => this.apply(frame.json()), { onError: () => {} });
+        client.subscribe(jobTopic(pk), (frame) => this.apply(frame.json()), { onError: () => {} });
       }
     }
     // Times of unfinished jobs grow between events.
@@ -203,7 +209,7 @@ function bindChangeForm(form, marker) {
     if (logList) renderLog(logList, event.log || [], stampOf);
     form.dataset.status = event.status;
   };
-  connection().subscribe(`/topic/jobs.${jobId}`, (frame) => apply(frame.json()));
+  connection().subscribe(jobTopic(jobId), (frame) => apply(frame.json()));
   setInterval(() => {
     if (current && !current.final) {
       set('run_time', formatDuration(durationOf(current)));
