@@ -1,0 +1,136 @@
+"""In Chromium: the test app (tests/liveapp, the README's example) live in the admin and on its page.
+
+The stack runs with tests.liveapp.settings (the e2e settings plus the app and its page).
+"""
+from __future__ import annotations
+
+import re
+import shutil
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.browser.conftest import PASSWORDS
+from tests.browser.stack import LiveStack, environment, manage
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+SETTINGS = "tests.liveapp.settings"
+
+
+class ShopStack(LiveStack):
+    """The product with tests.liveapp installed."""
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**environment(self.var_dir, self.broker_url), "DJANGO_SETTINGS_MODULE": SETTINGS}
+
+    def start(self) -> ShopStack:
+        self.var_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(self.template_db, self.var_dir / "db.sqlite3")
+        manage(self.env, "migrate", "shop", "--noinput")
+        self.template_db = None  # copied and migrated: LiveStack.start must not copy it again
+        return super().start()
+
+
+@pytest.fixture
+def shop_stack(tmp_path, template_db, stack_broker_url):
+    stack = ShopStack(var_dir=tmp_path / "var", broker_url=stack_broker_url, template_db=template_db, worker=False)
+    stack.start()
+    try:
+        yield stack
+    finally:
+        stack.stop()
+        print(stack.logs())
+
+
+@pytest.fixture
+def login(browser, shop_stack):
+    contexts = []
+
+    def make(username: str):
+        context = browser.new_context(base_url=shop_stack.url)
+        context.set_default_timeout(20_000)
+        contexts.append(context)
+        page = context.new_page()
+        page.goto("/login/")
+        page.fill("input[name=username]", username)
+        page.fill("input[name=password]", PASSWORDS[username])
+        page.click("form button[type=submit]")
+        page.wait_for_url(lambda url: "/login/" not in url)
+        return page
+
+    yield make
+    for context in contexts:
+        context.close()
+
+
+def _order(stack: ShopStack, customer: str = "alice") -> int:
+    code = (
+        "from django.contrib.auth import get_user_model\n"
+        "from tests.liveapp.models import Order\n"
+        f"print(Order.objects.create(customer=get_user_model().objects.get(username={customer!r})).pk)\n"
+    )
+    return int(stack.shell(code).split()[-1])
+
+
+def _set_status(stack: ShopStack, pk: int, status: str) -> None:
+    stack.shell(
+        "from notifications.publisher import get_publisher\n"
+        "from tests.liveapp.models import Order\n"
+        f"order = Order.objects.get(pk={pk}); order.status = {status!r}; order.save()\n"
+        "assert get_publisher().flush(10)\n"
+    )
+
+
+def test_the_admin_change_list_of_the_apps_own_model_updates_live(shop_stack, login):
+    first, second = _order(shop_stack), _order(shop_stack)
+    admin = login("admin")
+    admin.goto("/admin/shop/order/")
+    row = admin.locator(f'#result_list tbody tr:has(input.action-select[value="{second}"])')
+    expect(row.locator(".field-status")).to_have_text("new")
+    expect(admin.locator("#result_list")).to_have_attribute("data-live", "live")
+    admin.evaluate("window.__sameDocument = true")
+    admin.locator(f'input.action-select[value="{first}"]').check()  # a selection survives updates
+
+    _set_status(shop_stack, second, "shipped")
+
+    expect(row.locator(".field-status")).to_have_text("shipped")
+    expect(row).to_have_class(re.compile(r"\blive-admin-updated\b"))
+    assert admin.evaluate("window.__sameDocument") is True
+    expect(admin.locator(f'input.action-select[value="{first}"]')).to_be_checked()
+    expect(admin.locator(f'#result_list tbody tr:has(input.action-select[value="{first}"]) .field-status')).to_have_text("new")
+
+
+def test_an_order_created_elsewhere_is_announced_on_the_change_list(shop_stack, login):
+    _order(shop_stack)
+    admin = login("admin")
+    admin.goto("/admin/shop/order/")
+    expect(admin.locator("#result_list")).to_have_attribute("data-live", "live")
+
+    _set_status(shop_stack, _order(shop_stack), "new")
+
+    expect(admin.locator("[data-live-admin-banner]")).to_contain_text("1 other object changed or added")
+
+
+def test_the_page_api_shows_the_snapshot_then_sends_and_follows_the_change(shop_stack, login):
+    pk = _order(shop_stack)
+    page = login("alice")
+    page.goto(f"/orders/{pk}/")
+    expect(page.locator("#status")).to_have_text("new")
+
+    page.click("#cancel")
+
+    expect(page.locator("#status")).to_have_text("cancelled")
+    assert "cancelled" in shop_stack.shell(
+        f"from tests.liveapp.models import Order\nprint(Order.objects.get(pk={pk}).status)\n"
+    )
+
+
+def test_the_page_api_shows_nothing_of_another_customers_order(shop_stack, login):
+    pk = _order(shop_stack, customer="bob")
+    page = login("alice")
+    page.goto(f"/orders/{pk}/")
+    page.wait_for_function("document.documentElement.dataset.stomp === 'connected'")
+    page.wait_for_timeout(1000)
+    expect(page.locator("#status")).to_have_text("…")
