@@ -438,6 +438,21 @@ def test_the_header_stays_on_one_line_at_390_px(browse, seeded, user, path):
 # ------------------------------------------------------------------ notifications
 
 
+@pytest.mark.parametrize("width", [1280, 390])
+@pytest.mark.parametrize("user, path", [("alice", "/jobs/"), ("admin", "/admin/jobs/job/")])
+def test_the_open_notifications_dropdown_lies_inside_the_window(browse, seeded, user, path, width):
+    page = browse(user, width=width)
+    page.goto(path)
+    page.click(".ln-panel > summary")
+    dropdown = page.locator(".ln-dropdown")
+    expect(dropdown).to_be_visible()
+
+    box = dropdown.bounding_box()
+
+    assert box["x"] >= 0 and box["x"] + box["width"] <= width, box
+    assert box["width"] >= min(320, width - 40), box
+
+
 def test_a_toast_closes_from_the_keyboard_and_is_marked_read(browse, seeded):
     stack, _ = seeded
     page = browse("bob")
