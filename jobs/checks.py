@@ -129,6 +129,14 @@ def check_installation(app_configs=None, **kwargs):
             hint="Add 'notifications' to INSTALLED_APPS, before 'jobs'.",
             id="jobs.E021",
         ))
+    if not unroutable("jobs:list") and (login_url := _unresolvable_login_url()):
+        errors.append(Warning(
+            f"LOGIN_URL ({login_url!r}) leads nowhere, so the jobs pages send visitors who are not logged in "
+            "to a 404.",
+            hint='Set LOGIN_URL = "admin:login" (the admin\'s login page, for staff users) or the name of your own '
+            "login page.",
+            id="jobs.W022",
+        ))
     if unroutable("jobs:list"):
         errors.append(Warning(
             "The jobs URLs are not in ROOT_URLCONF, so job pages, download links and Cancel buttons lead nowhere.",
@@ -138,3 +146,26 @@ def check_installation(app_configs=None, **kwargs):
         ))
     return errors
 
+
+
+def _unresolvable_login_url() -> str | None:
+    """settings.LOGIN_URL when it is a path on this site that no URL pattern serves, else None."""
+    from django.conf import settings
+    from django.shortcuts import resolve_url
+    from django.urls import Resolver404, get_script_prefix, resolve
+
+    login_url = str(settings.LOGIN_URL)
+    try:
+        path = resolve_url(login_url)
+    except Exception:  # noqa: BLE001 (a URLconf that does not import is Django's own check)
+        return None
+    if "://" in path or not path.startswith("/"):
+        return None  # another site (single sign-on): not ours to judge
+    prefix = get_script_prefix()
+    try:
+        resolve(path.split("?", 1)[0].removeprefix(prefix.rstrip("/")) or "/")
+    except Resolver404:
+        return login_url
+    except Exception:  # noqa: BLE001
+        return None
+    return None

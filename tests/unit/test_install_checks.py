@@ -159,6 +159,22 @@ def test_a_urlconf_without_the_jobs_urls_names_the_line_to_add(settings):
     assert warning.hint == 'Add path("jobs/", include("jobs.urls")) to urlpatterns in tests.install_variants.'
 
 
+def test_a_login_url_no_page_serves_names_the_setting(settings):
+    settings.LOGIN_URL = "/accounts/login/"
+    [warning] = check_jobs_installation()
+    assert (warning.id, warning.msg) == (
+        "jobs.W022",
+        "LOGIN_URL ('/accounts/login/') leads nowhere, so the jobs pages send visitors who are not logged in to a 404.",
+    )
+
+
+def test_a_login_url_given_as_a_url_name_or_on_another_site_passes(settings):
+    settings.LOGIN_URL = "admin:login"
+    assert check_jobs_installation() == []
+    settings.LOGIN_URL = "https://sso.example/login"
+    assert check_jobs_installation() == []
+
+
 def test_a_negative_prefetch_is_reported(settings):
     settings.JOBS = {"PREFETCH": -1}
     assert ids(check_jobs_settings()) == ["jobs.E002"]
