@@ -464,8 +464,8 @@ class RawStomp:
         return self.frames.pop(0)
 
 
-def _session_cookie(site: Site) -> str:
-    """Log in through the admin's login page, as a person would; the session cookie it sets."""
+def _log_in(site: Site):
+    """Log in through the admin's login page, as a person would: an opener with the session, and its cookie."""
     jar = CookieJar()
     opener = build_opener(HTTPCookieProcessor(jar))
     base = f"http://127.0.0.1:{site.web_port}"
@@ -475,13 +475,43 @@ def _session_cookie(site: Site) -> str:
     opener.open(Request(f"{base}/admin/login/?next=/admin/", data=form.encode()), timeout=START_TIMEOUT).read()
     cookies = {cookie.name: cookie.value for cookie in jar}
     assert "sessionid" in cookies, f"the admin login set no session cookie: {sorted(cookies)}"
-    return f"sessionid={cookies['sessionid']}"
+    return opener, f"sessionid={cookies['sessionid']}"
+
+
+def _enqueue(site: Site, n: int) -> str:
+    """Enqueue the project's own task for the user, from `manage.py shell` as a person would; the job id."""
+    out = site.manage(
+        "shell", "--no-imports", "-c",
+        "from django.contrib.auth import get_user_model\n"
+        "from jobs.api import enqueue_for\n"
+        "from reports.tasks import count_to\n"
+        f"print('job', enqueue_for(get_user_model().objects.get(username={USERNAME!r}), count_to, {n}).id)",
+    )
+    return re.search(r"^job ([0-9a-f-]{36})$", out, re.M).group(1)
+
+
+def test_the_apps_pages_admin_and_static_files_serve_in_the_fresh_project(site):
+    """The pages come with their own base template: the project has none of the demo's templates."""
+    opener, _ = _log_in(site)
+    job_id = _enqueue(site, 1)
+    base = f"http://127.0.0.1:{site.web_port}"
+    pages = {}
+    for path in ("/jobs/", f"/jobs/{job_id}/", "/notifications/", "/admin/jobs/job/", f"/admin/jobs/job/{job_id}/change/",
+                 "/static/jobs/job-live.js", "/static/notifications/stomp-client.js", "/static/notifications/ui.css"):
+        with opener.open(f"{base}{path}", timeout=START_TIMEOUT) as response:
+            assert response.status == 200, (path, response.status)
+            pages[path] = response.read().decode()
+    with build_opener().open(f"{base}/jobs/", timeout=START_TIMEOUT) as anonymous:  # LOGIN_URL from the README
+        assert (anonymous.status, anonymous.url) == (200, f"{base}/admin/login/?next=/jobs/")
+    assert "reports.tasks.count_to" in pages[f"/jobs/{job_id}/"]
+    assert job_id in pages["/jobs/"]
+    assert job_id in pages["/admin/jobs/job/"]
 
 
 def test_progress_of_a_task_of_the_projects_own_app_arrives_over_the_websocket(site):
     from websockets.sync.client import connect
 
-    url, cookie = f"ws://127.0.0.1:{site.web_port}/ws/stomp/", _session_cookie(site)
+    url, (_, cookie) = f"ws://127.0.0.1:{site.web_port}/ws/stomp/", _log_in(site)
     with connect(url, subprotocols=["v12.stomp"], additional_headers={"Cookie": cookie}, proxy=None,
                  open_timeout=START_TIMEOUT) as ws:
         client = RawStomp(ws)
@@ -492,14 +522,7 @@ def test_progress_of_a_task_of_the_projects_own_app_arrives_over_the_websocket(s
         while (frame := client.next_frame(START_TIMEOUT)).command != "RECEIPT":
             assert frame.command == "MESSAGE", (frame, site.logs())
 
-        enqueued = site.manage(
-            "shell", "--no-imports", "-c",
-            "from django.contrib.auth import get_user_model\n"
-            "from jobs.api import enqueue_for\n"
-            "from reports.tasks import count_to\n"
-            f"print('job', enqueue_for(get_user_model().objects.get(username={USERNAME!r}), count_to, 5).id)",
-        )
-        job_id = re.search(r"^job ([0-9a-f-]{36})$", enqueued, re.M).group(1)
+        job_id = _enqueue(site, 5)
 
         events = []
         deadline = time.monotonic() + JOB_TIMEOUT
