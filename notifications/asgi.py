@@ -21,9 +21,19 @@ def get_asgi_application(http_application=None):
     notifications.routing.websocket_application() instead.
     """
     if http_application is None:
-        from django.core.asgi import get_asgi_application as django_asgi_application
+        from django.apps import apps
 
-        http_application = django_asgi_application()
+        if apps.ready:
+            # Django is set up already (a system check importing the project's ASGI module, a
+            # test): setting it up again would configure logging a second time and replace the
+            # handlers the running process installed.
+            from django.core.handlers.asgi import ASGIHandler
+
+            http_application = ASGIHandler()
+        else:
+            from django.core.asgi import get_asgi_application as django_asgi_application
+
+            http_application = django_asgi_application()
     # Only now: the routing imports the consumer, which needs the app registry ready.
     from channels.routing import ProtocolTypeRouter
 

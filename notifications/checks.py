@@ -7,8 +7,10 @@ registry's (notifications.live), E05x the outbox's (notifications.outbox).
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
+import logging
 import os
 from os import PathLike
 from urllib.parse import urlsplit
@@ -306,7 +308,8 @@ def check_asgi_application(app_configs=None, **kwargs):
         'notifications.routing.websocket_application() under "websocket" in your ProtocolTypeRouter.'
     )
     try:
-        application = getattr(importlib.import_module(module_name), attribute)
+        with _logging_kept():
+            application = getattr(importlib.import_module(module_name), attribute)
     except Exception as exc:  # noqa: BLE001 (whatever the project's module raises, say it)
         return [
             Error(
@@ -335,6 +338,33 @@ def check_asgi_application(app_configs=None, **kwargs):
             )
         ]
     return []
+
+
+@contextlib.contextmanager
+def _logging_kept():
+    """Undo what importing a project's ASGI module does to logging in this process.
+
+    A module calling django.core.asgi.get_asgi_application() runs django.setup() again, which
+    configures logging again: the root logger's handlers are replaced (and, with
+    disable_existing_loggers, loggers created so far are disabled). A check must not change how
+    the process that runs it (runserver, a worker, a test) logs.
+    """
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    disabled = {
+        name: logger.disabled
+        for name, logger in logging.Logger.manager.loggerDict.items()
+        if isinstance(logger, logging.Logger)
+    }
+    try:
+        yield
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        for name, was in disabled.items():
+            logger = logging.Logger.manager.loggerDict.get(name)
+            if isinstance(logger, logging.Logger):
+                logger.disabled = was
 
 
 _PACKAGE = __name__.rpartition(".")[0]
