@@ -33,7 +33,9 @@ from tests.chaos.harness import ChaosConfig, ChaosRun, Outcome  # noqa: E402
 
 PRESETS = {
     # Workers killed and frozen while jobs run; some killed right after a final commit.
-    "workers": dict(jobs=300, workers=3, worker_kills=30, worker_stops=8, finish_kills=10, interval=1.5),
+    # Jobs of 2 s, so that the work outlasts the faults and most kills hit a busy worker.
+    "workers": dict(jobs=300, steps=10, step_delay=0.2, workers=3, worker_kills=30, worker_stops=8, finish_kills=10,
+                    interval=1.5),
     # The broker killed and restarted (with jobs and notifications created while it is down),
     # and daphne restarted, while workers keep running.
     "outages": dict(jobs=200, workers=3, worker_kills=0, worker_stops=0, broker_restarts=6, web_restarts=4,
@@ -42,6 +44,21 @@ PRESETS = {
     "all": dict(jobs=300, workers=3, worker_kills=20, worker_stops=5, finish_kills=5, broker_restarts=4,
                 web_restarts=3, outage_jobs=10, outage_notifications=25, interval=2.0),
 }
+
+
+def fault_counts(outcome: Outcome) -> str:
+    """What was injected, by kind (from the run's notes)."""
+    kinds = {
+        "SIGKILL of a busy worker": lambda w: w.startswith("SIGKILL") and "busy)" in w,
+        "SIGKILL of an idle worker": lambda w: w.startswith("SIGKILL") and "idle)" in w,
+        "SIGKILL right after a final commit": lambda w: "was final, before its notification" in w,
+        "finish-kill not injected": lambda w: "not injected" in w,
+        "SIGSTOP": lambda w: w.startswith("SIGSTOP"),
+        "broker kill -9": lambda w: w == "kill -9 broker",
+        "daphne restart": lambda w: w == "SIGTERM daphne",
+    }
+    counts = {name: sum(1 for _, what in outcome.faults if test(what)) for name, test in kinds.items()}
+    return ", ".join(f"{n} {name}" for name, n in counts.items() if n) or "none"
 
 
 def markdown(outcome: Outcome, args, commit: str, load: str) -> str:
@@ -73,7 +90,7 @@ def markdown(outcome: Outcome, args, commit: str, load: str) -> str:
         f"- same final state delivered again (dropped by seq): {outcome.final_repeats}",
         f"- watcher reconnects: {outcome.reconnects}",
         f"- crashes: {[(c['process'], c['code']) for c in outcome.crashes]}",
-        f"- faults injected: {len(outcome.faults)} in {outcome.seconds:.0f} s",
+        f"- faults injected in {outcome.seconds:.0f} s: {fault_counts(outcome)}",
     ]
     return "\n".join(lines)
 

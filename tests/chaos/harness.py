@@ -306,14 +306,20 @@ class NotificationView:
     ids: set[int] = field(default_factory=set)
     syncs: int = 0
 
-    def on_event(self, event: dict) -> None:
+    def on_event(self, event: dict) -> list[int]:
+        """Take what live-notifications.js lists from one event: a notification, or a sync's
+        "missed" (its newest-unread list only sets the counter). Returns the ids added."""
         if event.get("type") == "notification" and "id" in event:
-            self.ids.add(int(event["id"]))
-        for item in event.get("notifications") or ():
-            if isinstance(item, dict) and "id" in item:
-                self.ids.add(int(item["id"]))
-        if "notifications" in event:
+            return self.add([event])
+        if event.get("type") == "notifications.sync":
             self.syncs += 1
+            return self.add(event.get("missed") or [])
+        return []
+
+    def add(self, items: list) -> list[int]:
+        ids = [int(item["id"]) for item in items if isinstance(item, dict) and "id" in item]
+        self.ids.update(ids)
+        return ids
 
 
 class StompWatcher:
@@ -397,7 +403,13 @@ class _WsSocket:
     connects: int = 0
     closes: int = 0
     errors: list[str] = field(default_factory=list)
-    subscribed: asyncio.Event | None = None
+    # As notifications/static/notifications/stomp-client.js: the server's clock less ours (from
+    # CONNECTED's server-time), when we last heard from the server, and from when we were away.
+    server_offset_ms: float = 0.0
+    last_received_ms: float = 0.0
+    away_since_ms: float | None = None
+    newest_notification: int = 0
+    catch_ups: int = 0
 
 
 class WsWatchers:
@@ -457,23 +469,62 @@ class WsWatchers:
             ping_interval=None,
         ) as ws:
             parser = FrameParser()
+            connected = False
             await ws.send("CONNECT\naccept-version:1.2\nhost:127.0.0.1\nheart-beat:0,0\n\n\x00")
+            # Resubscribing after a drop, a client asks for what changed since it last heard
+            # from the server (the `since` header), as the project's client does.
+            since = f"since:{int(sock.away_since_ms)}\n" if sock.away_since_ms is not None else ""
             for sid, destination in sock.subscriptions.items():
-                await ws.send(f"SUBSCRIBE\nid:{sid}\ndestination:{destination}\nreceipt:{sid}\n\n\x00")
+                await ws.send(f"SUBSCRIBE\nid:{sid}\ndestination:{destination}\n{since}receipt:{sid}\n\n\x00")
             receipts = set()
-            async for data in ws:
-                parser.receive_data(data.encode() if isinstance(data, str) else data)
-                for frame in parser.events_received():
-                    if frame is HEARTBEAT:
-                        continue
-                    if frame.command == "RECEIPT":
-                        receipts.add(frame.get("receipt-id"))
-                        if receipts >= set(sock.subscriptions):
-                            sock.connects += 1
-                    elif frame.command == "MESSAGE":
-                        self._on_message(sock, frame)
-                    elif frame.command == "ERROR":
-                        sock.errors.append(f"ERROR {frame.get('message')}: {frame.body[:200]!r}")
+            try:
+                async for data in ws:
+                    sock.last_received_ms = time.time() * 1000
+                    parser.receive_data(data.encode() if isinstance(data, str) else data)
+                    for frame in parser.events_received():
+                        if frame is HEARTBEAT:
+                            continue
+                        if frame.command == "CONNECTED":
+                            connected = True
+                            if frame.get("server-time"):
+                                sock.server_offset_ms = float(frame.get("server-time")) - time.time() * 1000
+                        elif frame.command == "RECEIPT":
+                            receipts.add(frame.get("receipt-id"))
+                            if sock.kind == "notifications":  # the page's catch-up once subscribed
+                                await self._catch_up(sock)
+                            if receipts >= set(sock.subscriptions):
+                                sock.connects += 1
+                        elif frame.command == "MESSAGE":
+                            self._on_message(sock, frame)
+                        elif frame.command == "ERROR":
+                            sock.errors.append(f"ERROR {frame.get('message')}: {frame.body[:200]!r}")
+            finally:
+                if connected:
+                    sock.away_since_ms = sock.last_received_ms + sock.server_offset_ms
+
+    async def _catch_up(self, sock: _WsSocket) -> None:
+        """What live-notifications.js does once its subscription is confirmed: GET every
+        notification after the newest it has (?after=<id>), page by page."""
+        import urllib.request
+
+        def fetch(after: int) -> dict:
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{self.port}/notifications/?after={after}&limit=100",
+                headers={"Cookie": f"sessionid={sock.session}", "Accept": "application/json"},
+            )
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return json.loads(response.read())
+
+        for _ in range(50):
+            data = await asyncio.to_thread(fetch, sock.newest_notification)
+            with self.lock:
+                for view in sock.views.values():
+                    if isinstance(view, NotificationView):
+                        added = view.add(data.get("notifications") or [])
+                        sock.newest_notification = max([sock.newest_notification, *added])
+            sock.catch_ups += 1
+            if not data.get("more"):
+                return
 
     def _on_message(self, sock: _WsSocket, frame) -> None:
         view = sock.views.get(frame.get("subscription"))
@@ -491,13 +542,22 @@ class WsWatchers:
                     if isinstance(item, dict) and item.get("type") == "job":
                         view.on_job(item)
             else:
-                view.on_event(event)
+                added = view.on_event(event)
+                sock.newest_notification = max([sock.newest_notification, *added])
+        if event.get("type") == "notifications.sync" and event.get("more"):
+            asyncio.get_running_loop().create_task(self._catch_up(sock))
 
     def stop(self) -> None:
         self._stopping = True
-        for task in self._tasks:
-            task.cancel()
-        time.sleep(0.2)
+
+        async def cancel_all() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(cancel_all(), self._loop).result(15)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
 
@@ -529,7 +589,9 @@ class Outcome:
     final_repeats: dict = field(default_factory=dict)  # watcher -> same final delivered again (harmless)
     crashes: list = field(default_factory=list)  # processes that exited without being killed
     faults: list = field(default_factory=list)  # (seconds since start, what)
-    reconnects: dict = field(default_factory=dict)
+    reconnects: dict = field(default_factory=dict)  # watcher -> times it resubscribed everything after a drop
+    drops: dict = field(default_factory=dict)  # WebSocket watcher -> times its socket closed or failed to open
+    ws_errors: dict = field(default_factory=dict)  # WebSocket watcher -> its last errors (ERROR frames, failures)
     rss: dict = field(default_factory=dict)  # process -> [(seconds, bytes)]
     seconds: float = 0.0
     examples: dict = field(default_factory=dict)  # a few ids per failing count, for the reproduction
@@ -540,13 +602,9 @@ class Outcome:
         A WebSocket list that never showed a job counts as stale (it shows a list without it).
         The stomp.py client on the raw topic counts only in runs without a broker restart: a
         topic keeps nothing for a subscriber that is away, and that client, unlike a page, has
-        no snapshot to resync from. The bare list subscriptions count only in runs without a
-        web restart: a new socket's list starts from the snapshot of READY and RUNNING jobs, and
-        the server cannot know what an earlier socket showed (pages follow each unfinished row's
-        own topic for that). Figures that do not count are still reported.
+        no snapshot to resync from (its figures are still reported).
         """
-        restarts_web = bool(self.config.get("web_restarts"))
-        ws = [k for k in self.stale if k.startswith("ws ") and not (restarts_web and k.startswith("ws list-"))]
+        ws = [k for k in self.stale if k.startswith("ws ")]
         raw = [k for k in self.stale if not k.startswith("ws ")] if not self.config.get("broker_restarts") else []
         return {
             "jobs lost": self.jobs_lost,
@@ -568,6 +626,7 @@ class Outcome:
                      f"{self.notification_rows_duplicated}; WebSocket missed {self.ws_notifications_missed}, "
                      f"raw topic missed {self.stomp_notifications_missed}")
         lines.append(f"stale {self.stale}; unseen {self.unseen}; final missing {self.final_missing}")
+        lines.append(f"reconnects {self.reconnects}; drops {self.drops}; WebSocket errors {self.ws_errors}")
         lines.append(f"crashes {self.crashes}; faults {len(self.faults)}; {self.seconds:.0f} s")
         if self.examples:
             lines.append(f"examples {self.examples}")
@@ -1038,6 +1097,9 @@ class ChaosRun:
                 for view in job_views:
                     judge(f"ws {sock.name}", view, final, is_list=True)
             out.reconnects[f"ws {sock.name}"] = max(0, sock.connects - 1)
+            out.drops[f"ws {sock.name}"] = sock.closes
+            if sock.errors:
+                out.ws_errors[f"ws {sock.name}"] = sock.errors[-3:]
         judge("stomp.py /topic/jobs.all", self.stomp.jobs, final, is_list=True)
         out.reconnects["stomp.py"] = max(0, self.stomp.connects - 1)
         if missing_rows:
