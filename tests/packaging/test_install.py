@@ -224,6 +224,17 @@ def test_the_wheel_holds_every_file_of_both_apps_and_nothing_of_the_demo(wheel):
     assert not [name for name in names if name.split("/")[0] in {"project", "tests", "bench", "templates", "static"}]
 
 
+def test_a_wheel_built_from_the_sdist_holds_the_same_files(wheel, tmp_path):
+    _run([sys.executable, "-m", "hatchling", "build", "-t", "sdist", "-d", tmp_path / "sdist"], cwd=REPO,
+         what="building the sdist")
+    [sdist] = (tmp_path / "sdist").glob("django_live_jobs-*.tar.gz")
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w", tmp_path / "wheel",
+          sdist], cwd=tmp_path, what="building a wheel from the sdist")
+    [rebuilt] = (tmp_path / "wheel").glob("django_live_jobs-*.whl")
+    with zipfile.ZipFile(wheel) as direct, zipfile.ZipFile(rebuilt) as from_sdist:
+        assert sorted(from_sdist.namelist()) == sorted(direct.namelist())
+
+
 def test_the_wheel_declares_version_ranges_not_pins_and_the_changelog_has_its_version(wheel):
     with zipfile.ZipFile(wheel) as archive:
         [metadata_name] = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA")]
