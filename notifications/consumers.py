@@ -365,7 +365,9 @@ class StompConsumer(AsyncWebsocketConsumer):
                 raise _Close(f"Not allowed to subscribe to {destination}", destination=destination, receipt=receipt)
         return ClientSubscription(
             sub_id, destination, declared, parts, declared.topics_for(self.user, parts),
-            filter=declared.filter, key=declared.key, seq=declared.seq, final=declared.final,
+            filter=declared.filter, key=declared.key, seq=declared.seq,
+            # Unfinished items are remembered only for a resync to re-read them.
+            final=declared.final if declared.resync is not None else None,
         )
 
     async def _on_unsubscribe(self, frame: Frame) -> None:
@@ -524,12 +526,29 @@ class StompConsumer(AsyncWebsocketConsumer):
         """Called by the hub on the event loop for every message of our broker destinations."""
         if self.closing:
             return
+        data = event.data
         for sub in self.by_broker.get(event.destination, ()):
             if not sub.active:
                 continue
-            if sub.filter is not None and (event.data is None or not sub.filter(self.user, event.data)):
+            if sub.filter is not None and (data is None or not sub.filter(self.user, data)):
                 continue
-            if not sub.primed:
+            if sub.primed:
+                # The hot path (once per delivery): _key and _rank inlined.
+                key = rank = None
+                if sub.key is not None and data is not None:
+                    item = data.get(sub.key)
+                    if item is not None:
+                        key = (id(sub), item)
+                        if sub.seq == "seq":
+                            rank = event.seq  # computed once per broker message, not per socket
+                        elif sub.seq is not None:
+                            rank = data.get(sub.seq)
+                            if not isinstance(rank, int):
+                                rank = None
+                if not self.mailbox.put((sub, event), key, rank):
+                    self._schedule_overflow()
+                    return
+            else:
                 # Before the snapshot: keep only the latest event per item (bounded by MAILBOX_SIZE).
                 key = self._key(sub, event)
                 if key is not None:
@@ -539,10 +558,6 @@ class StompConsumer(AsyncWebsocketConsumer):
                     sub.early = [e for e in sub.early if self._key(sub, e) != key]
                 if len(sub.early) < MAILBOX_SIZE:
                     sub.early.append(event)
-                continue
-            if not self.mailbox.put((sub, event), self._key(sub, event), self._rank(sub, event)):
-                self._schedule_overflow()
-                return
 
     def _mailbox_ready(self) -> None:
         # One task per event loop drains every ready socket (not a task per socket per event).
