@@ -82,6 +82,16 @@ class Message:
     id: int
     destinations: tuple[str, ...]
     payload: Any
+    body: bytes | None = None  # the payload as sent, when already encoded (see _encoded)
+
+
+def _encoded(payload: Any) -> tuple[bytes, str]:
+    """The frame body and content-type of a payload: the bytes the publisher itself would make
+    (compact JSON for a dict or list, UTF-8 text for a str), made once for all its destinations."""
+    if isinstance(payload, str):
+        return payload.encode("utf-8"), "text/plain;charset=utf-8"
+    text = json.dumps(payload, cls=DjangoJSONEncoder, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return text.encode("utf-8"), "application/json"
 
 
 @dataclass(frozen=True)
@@ -103,7 +113,7 @@ def _model():
     return OutboxMessage
 
 
-def _validated(destination: str | Sequence[str], payload: Any) -> tuple[list[str], Any]:
+def _validated(destination: str | Sequence[str], payload: Any) -> tuple[list[str], Any, bytes]:
     from .publisher import _check_destination
 
     destinations = [destination] if isinstance(destination, str) else list(destination)
@@ -114,11 +124,11 @@ def _validated(destination: str | Sequence[str], payload: Any) -> tuple[list[str
     if not isinstance(payload, (dict, list, str)):
         raise TypeError(f"A durable payload is a dict, list or str (it is stored as JSON), not {type(payload).__name__}")
     try:
-        # What is stored is what is published, by this process or by a relay in another one.
-        payload = json.loads(json.dumps(payload, cls=DjangoJSONEncoder, allow_nan=False))
+        # The bytes published now are those a relay publishes from the stored JSON later.
+        body, _ = _encoded(payload)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"A durable payload must be JSON-serialisable: {exc}") from exc
-    return destinations, payload
+    return destinations, payload, body
 
 
 def publish_durable(destination: str | Sequence[str], payload: dict | list | str, *, using: str | None = None) -> int:
@@ -143,15 +153,51 @@ def publish_durable_many(
     db = using or router.db_for_write(model)
     now = timezone.now()
     due = now + timedelta(seconds=float(conf.get("OUTBOX_RETRY_AFTER")))
-    rows = [model(destinations=names, payload=payload, created=now, available_at=due) for names, payload in checked]
-    if connections[db].features.can_return_rows_from_bulk_insert:
-        model.objects.using(db).bulk_create(rows)
-    else:  # a database that cannot return the new ids from one INSERT
-        for row in rows:
-            row.save(using=db, force_insert=True)
-    messages = [Message(row.pk, tuple(row.destinations), row.payload) for row in rows]
+    ids = _insert_rows(db, [(names, payload, now, due) for names, payload, _ in checked])
+    messages = [Message(pk, tuple(names), payload, body) for pk, (names, payload, body) in zip(ids, checked)]
     transaction.on_commit(lambda: get_relay().handoff(messages), using=db)
-    return [message.id for message in messages]
+    return ids
+
+
+# INSERT ... RETURNING statements by (database alias, rows); the worker writes outbox rows with
+# every job it finishes, where the ORM's compiler would cost more than the database's work.
+_INSERT_SQL: dict[tuple[str, int], str] = {}
+_INSERT_FIELDS = ("destinations", "payload", "created", "available_at", "attempts")
+
+
+def _insert_rows(db: str, rows: list[tuple[list[str], Any, datetime, datetime]]) -> list[int]:
+    """Insert (destinations, payload, created, available_at) rows; their new ids, in order."""
+    model = _model()
+    connection = connections[db]
+    if connection.vendor not in {"postgresql", "sqlite"}:  # no INSERT ... RETURNING here: the ORM's way
+        objs = [model(destinations=d, payload=p, created=c, available_at=a) for d, p, c, a in rows]
+        if connection.features.can_return_rows_from_bulk_insert:
+            model.objects.using(db).bulk_create(objs)
+        else:
+            for obj in objs:
+                obj.save(using=db, force_insert=True)
+        return [obj.pk for obj in objs]
+    fields = [model._meta.get_field(name) for name in _INSERT_FIELDS]
+    batch = 1 if len(rows) == 1 else max(1, connection.ops.bulk_batch_size(fields, rows))
+    ids: list[int] = []
+    with connection.cursor() as cursor:
+        for start in range(0, len(rows), batch):
+            chunk = rows[start:start + batch]
+            sql = _INSERT_SQL.get((db, len(chunk)))
+            if sql is None:
+                qn = connection.ops.quote_name
+                row = f"({', '.join(['%s'] * len(fields))})"
+                sql = (f"INSERT INTO {qn(model._meta.db_table)} ({', '.join(qn(f.column) for f in fields)}) "
+                       f"VALUES {', '.join([row] * len(chunk))} RETURNING {qn(model._meta.pk.column)}")
+                if len(_INSERT_SQL) > 64:
+                    _INSERT_SQL.clear()
+                _INSERT_SQL[(db, len(chunk))] = sql
+            params = []
+            for values in chunk:
+                params.extend(f.get_db_prep_save(v, connection) for f, v in zip(fields, (*values, 0)))
+            cursor.execute(sql, params)
+            ids.extend(row[0] for row in cursor.fetchall())
+    return ids
 
 
 class Relay:
@@ -193,8 +239,12 @@ class Relay:
             publisher = self.publisher()
             for message in messages:
                 confirm = self._confirmation(message.id, len(message.destinations))
+                if message.body is not None and not isinstance(message.payload, str):
+                    body, content_type = message.body, "application/json"
+                else:
+                    body, content_type = _encoded(message.payload)
                 for destination in message.destinations:
-                    publisher.publish(destination, message.payload, on_confirmed=confirm)
+                    publisher.publish(destination, body, headers={"content-type": content_type}, on_confirmed=confirm)
         except Exception:
             logger.exception("Outbox: could not hand %d message(s) to the publisher; a relay will retry them", len(messages))
             return
