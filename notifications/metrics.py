@@ -18,7 +18,8 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["PublisherCollector", "HubCollector", "ConsumerCollector", "BrokerCollector", "live_collectors"]
+__all__ = ["PublisherCollector", "HubCollector", "ConsumerCollector", "BrokerCollector", "live_collectors",
+           "serve_broker_metrics"]
 
 logger = logging.getLogger(__name__)
 
@@ -146,3 +147,31 @@ class BrokerCollector(Collector):
 def live_collectors() -> list[Collector]:
     """The collectors every process of the live layer registers (the broker's is separate)."""
     return [PublisherCollector(), HubCollector(), ConsumerCollector()]
+
+
+# How long a scrape waits for the broker's loop to read its stats.
+BROKER_READ_TIMEOUT = 5.0
+
+
+def serve_broker_metrics(broker: Any, loop: Any, port: int, host: str = "127.0.0.1") -> Any:
+    """Serve an embedded broker's metrics (and its process's) at http://host:port/metrics from a
+    daemon thread; the stats are read on the broker's own loop. Returns the server (.shutdown()).
+    There is no token here: keep it on loopback, or behind a firewall."""
+    import asyncio
+
+    from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector, start_http_server
+
+    def read() -> tuple[Any, dict[str, int]]:
+        async def snapshot():
+            return broker.stats(), {name: len(q.messages) for name, q in broker.queues.items()}
+
+        return asyncio.run_coroutine_threadsafe(snapshot(), loop).result(BROKER_READ_TIMEOUT)
+
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    registry.register(BrokerCollector(read))
+    server, _ = start_http_server(port, addr=host, registry=registry)
+    logger.info("Broker metrics on http://%s:%d/metrics", host, server.server_port)
+    return server

@@ -241,3 +241,36 @@ def test_a_worker_metrics_endpoint_refuses_other_addresses_when_a_list_is_set(sq
         proc.terminate()
         proc.wait(60)
     assert "Metrics refused to 127.0.0.1 (no token)" in (tmp_path / "guarded.log").read_text()
+
+
+def test_the_stompbroker_process_serves_its_connections_messages_and_queue_depths(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    import stomp
+
+    from tests.conftest import free_port
+    from tests.integration.test_worker_processes import ROOT
+
+    port = free_port()
+    log = open(tmp_path / "broker.log", "w")
+    proc = subprocess.Popen([sys.executable, "manage.py", "stompbroker", "--port", str(port), "--metrics-port", "0"],
+                            cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        metrics_port = int(wait_for(lambda: re.search(r"Metrics on http://127.0.0.1:(\d+)/metrics",
+                                                      (tmp_path / "broker.log").read_text()), 60, "the broker").group(1))
+        conn = stomp.Connection12([("127.0.0.1", port)])
+        conn.connect(wait=True)
+        for n in range(2):
+            conn.send("/queue/ops.depth", f"m{n}", receipt=f"r{n}")
+        s = wait_for(lambda: (s := worker_metrics(metrics_port))
+                     and s.get(("notifications_broker_messages_in_total",)) == 2 and s, 30, "two messages counted")
+        conn.disconnect()
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        log.close()
+    assert s[("notifications_broker_connections",)] == 1
+    assert s[("notifications_broker_queue_depth", ("queue", "/queue/ops.depth"))] == 2
+    assert ("process_resident_memory_bytes",) in s

@@ -136,6 +136,7 @@ async def test_staff_without_the_worker_permission_is_refused_the_overview(live)
     await client.subscribe(ops_live.OVERVIEW)
     frame = await client.next_control_frame()
     assert frame.command == "ERROR" and ops_live.OVERVIEW in (frame.get("message") or "") + (frame.get("destination") or "")
+    await client.expect_closed()
 
 
 @pytest.mark.django_db(transaction=True)

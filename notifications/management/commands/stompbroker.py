@@ -32,6 +32,8 @@ class Command(BaseCommand):
                             "(default: EMBEDDED_BROKER CERTFILE)")
         parser.add_argument("--keyfile", help="the certificate's private key (default: EMBEDDED_BROKER KEYFILE, "
                             "or in the certificate file)")
+        parser.add_argument("--metrics-port", type=int, metavar="PORT",
+                            help="serve Prometheus metrics on http://127.0.0.1:PORT/metrics (notifications.metrics)")
         parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                             help="log level of the broker (default INFO)")
 
@@ -73,7 +75,18 @@ class Command(BaseCommand):
             who = f"{len(users)} configured user(s)" if users else "any login"
             self.stdout.write(f"STOMP broker listening on {broker.url} ({who}); Ctrl-C to stop", ending="\n")
             self.stdout.flush()
-            await broker.run(self.shutdown_trigger)
+            metrics = None
+            if options["metrics_port"] is not None:
+                from notifications.metrics import serve_broker_metrics
+
+                metrics = serve_broker_metrics(broker, asyncio.get_running_loop(), options["metrics_port"])
+                self.stdout.write(f"Metrics on http://127.0.0.1:{metrics.server_port}/metrics", ending="\n")
+                self.stdout.flush()
+            try:
+                await broker.run(self.shutdown_trigger)
+            finally:
+                if metrics is not None:
+                    metrics.shutdown()
 
         try:
             asyncio.run(serve(), loop_factory=new_event_loop)
