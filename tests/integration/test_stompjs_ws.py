@@ -135,3 +135,36 @@ def test_stompjs_subscribing_to_another_users_job_gets_an_error_frame_naming_the
     assert "message" not in lines[-1]
     assert lines[-1]["error"]["destination"] == destination
     assert lines[-1]["error"]["message"] == f"Not allowed to subscribe to {destination}"
+
+
+FINISH_WHILE_AWAY = """
+from django.utils import timezone
+from jobs.models import Job
+job = Job.objects.get(pk="{job_id}")
+assert job.cas_update(status="SUCCESSFUL", finished_at=timezone.now(), progress_done=1, progress_total=1)
+"""
+
+
+def test_the_pages_client_resubscribes_with_since_and_learns_how_a_job_ended_while_it_was_away(node, stack):
+    # Issue 8, defect 2, from the browser's side: the web process restarts; meanwhile alice's job
+    # ends (no event reaches anyone). /user/queue/jobs then shows only running jobs, so only the
+    # resync the client asks for (SUBSCRIBE's since) can tell it how the job ended.
+    client = subprocess.Popen(
+        [node, str(INTEROP / "page_client_resync.mjs"), stack.ws_url, stack.url, stack.alice_session, "/user/queue/jobs"],
+        cwd=INTEROP, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        before = read_until(client, lambda line: line.get("receipt") == 1)
+        assert [m["message"]["status"] for m in before if "message" in m] == ["READY"]
+        stack.stop_web()
+        read_until(client, lambda line: line.get("state") == "reconnecting")
+        stack.shell(FINISH_WHILE_AWAY.format(job_id=stack.job_id))
+        stack.start_web()
+        after = read_until(client, lambda line: line.get("message", {}).get("status") == "SUCCESSFUL")
+    finally:
+        client.kill()
+        client.wait(timeout=10)
+    subscribes = [line["subscribe"] for line in before + after if "subscribe" in line]
+    assert ["since" in headers for headers in subscribes] == [False, True]
+    final = after[-1]["message"]
+    assert (final["id"], final["status"], final["final"]) == (stack.job_id, "SUCCESSFUL", True)
