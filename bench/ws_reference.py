@@ -6,6 +6,14 @@ messaging (channels_redis on the local Redis), the way a Django developer would 
 A WebSocket at /?job=<id> joins the group "job.<id>" and receives every event sent to it as
 a text frame; any other WebSocket joins its own group (its user's notifications, idle here).
 `produce()` is the worker's side: group_send of the same event JSON.
+
+Configured as a careful user would: channels_redis' defaults (capacity 100 per channel, expiry
+60 s), except redis-py's socket timeout. redis-py 5+ defaults to socket_timeout=5 s, and
+channels_redis waits on each channel with a blocking pop of 5 s (brpop_timeout): when the pop
+returns empty at the same moment the socket timeout fires, the receive raises TimeoutError and
+the consumer crashes (about one crash every 5 s per process in issue 13's runs, each closing a
+socket). socket_timeout=None lets the blocking pop end by itself; connecting still times out
+after 5 s. BENCH_REDIS_SOCKET_TIMEOUT=5 restores redis-py's default to show the difference.
 """
 from __future__ import annotations
 
@@ -17,15 +25,23 @@ from django.conf import settings
 
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 
+
+def _socket_timeout() -> float | None:
+    value = os.environ.get("BENCH_REDIS_SOCKET_TIMEOUT", "none").strip().lower()
+    return None if value in {"", "none"} else float(value)
+
+
 if not settings.configured:
     settings.configure(
         SECRET_KEY="bench-only",
         INSTALLED_APPS=["channels"],
         CHANNEL_LAYERS={
             "default": {
-                # channels_redis' defaults (capacity 100 per channel, expiry 60 s): what one gets.
                 "BACKEND": "channels_redis.core.RedisChannelLayer",
-                "CONFIG": {"hosts": [REDIS_URL], "prefix": os.environ.get("BENCH_REDIS_PREFIX", "wsbench")},
+                "CONFIG": {
+                    "hosts": [{"address": REDIS_URL, "socket_timeout": _socket_timeout(), "socket_connect_timeout": 5}],
+                    "prefix": os.environ.get("BENCH_REDIS_PREFIX", "wsbench"),
+                },
             }
         },
     )
