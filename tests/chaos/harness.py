@@ -180,7 +180,7 @@ class ChaosConfig:
     job_watchers: int = 3  # per-job WebSocket subscriptions (a job page open)
     interval: float = 2.0  # seconds between faults
     stop_seconds: float = 4.0  # how long a SIGSTOPped worker stays frozen
-    final_timeout: float = 120.0  # every job must be final within this after the last fault
+    final_timeout: float = 120.0  # after the last fault, a run waits this long for one more job to end
     settle_timeout: float = 20.0  # watchers may take this long to reach the database's state
     stale_after: float = 2.5  # JOBS["STALE_AFTER"] of the run's workers
     seed: int = 1
@@ -839,9 +839,16 @@ class ChaosRun:
     def _live_workers(self) -> list[str]:
         return [n for n in self.procs if n.startswith("worker") and n not in self._stopped]
 
-    def fault_kill(self) -> None:
-        busy = self._busy_pids()
-        names = self._live_workers()
+    def fault_kill(self, wait: float = 5.0) -> None:
+        """SIGKILL a worker running a task (waiting up to ``wait`` s for one: a worker that is
+        still starting up, on a loaded machine, has nothing to lose), else any worker."""
+        deadline = time.monotonic() + wait
+        while True:
+            busy = self._busy_pids()
+            names = self._live_workers()
+            if any(self.procs[n].pid in busy for n in names) or time.monotonic() >= deadline:
+                break
+            self._sleep(0.1)
         preferred = [n for n in names if self.procs[n].pid in busy] or names
         if not preferred:
             return
@@ -1002,12 +1009,19 @@ class ChaosRun:
         raise TimeoutError(f"no job started within {timeout} s\n{self.logs()}")
 
     def _wait_final(self) -> None:
+        """Wait until every job is final; give up only after ``final_timeout`` s without one more
+        job ending (a slow machine is not a lost job; a stall is)."""
         deadline = time.monotonic() + self.config.final_timeout
+        finished = -1
         while time.monotonic() < deadline:
             self._tick()
             jobs = self.db.jobs()
-            if jobs and all(j["status"] in FINAL_STATUSES for j in jobs.values()):
+            done = sum(1 for j in jobs.values() if j["status"] in FINAL_STATUSES)
+            if jobs and done == len(jobs):
                 return
+            if done > finished:
+                finished = done
+                deadline = time.monotonic() + self.config.final_timeout
             self._sleep(0.3)
 
     def _settle(self) -> None:
