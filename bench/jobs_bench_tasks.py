@@ -1,4 +1,4 @@
-"""Tasks of bench/jobs_bench.py: a no-op that proves it ran exactly once, and a progress probe.
+"""Tasks of bench/jobs_bench.py: a job that sleeps ``ms`` (0: a no-op) and proves it ran exactly once, and a progress probe.
 
 The no-op appends its number to the file named by BENCH_RUNLOG (one O_APPEND write, no
 database), so the benchmark can count how often each job really ran, whatever the backend.
@@ -23,12 +23,16 @@ def _record(i: int) -> None:
 
 
 @task(queue_name="default")
-def noop(i: int) -> None:
+def noop(i: int, ms: int = 0) -> None:
+    if ms:
+        time.sleep(ms / 1000)
     _record(i)
 
 
 @task(queue_name="default", backend="tasksdb")
-def noop_tasksdb(i: int) -> None:
+def noop_tasksdb(i: int, ms: int = 0) -> None:
+    if ms:
+        time.sleep(ms / 1000)
     _record(i)
 
 
