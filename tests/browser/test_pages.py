@@ -423,11 +423,11 @@ def test_the_header_stays_on_one_line_at_390_px(browse, seeded, user, path):
     page.goto(path)
     connected(page)
 
-    lines = page.locator("header.ui-header a, header.ui-header button, header.ui-header summary").evaluate_all(
-        "(els) => els.filter(e => e.offsetParent !== null).map(e => [e.textContent.trim(), e.getClientRects().length,"
+    lines = page.locator("body > header a, body > header button, body > header summary").evaluate_all(
+        "(els) => els.filter(e => e.checkVisibility()).map(e => [e.textContent.trim(), e.getClientRects().length,"
         " Math.round(e.getBoundingClientRect().height)])"
     )
-    header = page.locator("header.ui-header").bounding_box()
+    header = page.locator("body > header").bounding_box()
 
     assert [(text, rects) for text, rects, _ in lines if rects != 1] == []
     assert all(height <= 32 for _, _, height in lines), lines
