@@ -33,6 +33,12 @@ def shop(settings, transactional_db):
     yield Order
     with connection.schema_editor() as editor:
         editor.delete_model(Order)
+    # Installing the app registered its ModelAdmin (admin autodiscovery): the admin's app list
+    # must not name an app that is uninstalled again when the settings are restored.
+    from django.contrib import admin
+
+    if admin.site.is_registered(Order):
+        admin.site.unregister(Order)
 
 
 @pytest.fixture
