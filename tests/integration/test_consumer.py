@@ -16,6 +16,7 @@ from django.contrib.auth.models import Permission
 
 from jobs import live as jobs_live
 from notifications import destinations
+from notifications import live as live_api
 from notifications import hub as hub_module
 from notifications.hub import Hub
 
@@ -781,3 +782,42 @@ async def test_notifications_resubscribed_with_since_carry_every_notification_cr
     assert (sync["type"], sync["unread"], len(sync["notifications"]), sync["more"]) == ("notifications.sync", 25, 20, False)
     assert [n["title"] for n in sync["missed"]] == [f"own {n}" for n in range(25)] + ["to everyone"]
     await client.close()
+
+
+# ---------------------------------------------------------------- SEND handlers of any app
+
+
+_GREETED: list[tuple[str, object]] = []
+
+
+def _greet(user, body):
+    if not isinstance(body, dict) or not isinstance(body.get("name"), str):
+        raise live_api.BadBody()
+    _GREETED.append((user.get_username(), body["name"]))
+
+
+# Declared in the process registry as an app's live.py would (a test-only destination).
+live_api.handler("/app/tests.greet", _greet, permission=lambda user: user.get_username() == "alice", body='{"name": "..."}')
+
+
+async def test_a_handlers_permission_is_asked_before_it_runs(live, alice, bob):
+    _GREETED.clear()
+    refused = await connected_client(bob)
+    await refused.send("SEND", {"destination": "/app/tests.greet", "receipt": "g"}, json.dumps({"name": "x"}))
+    frame = await refused.next_frame()
+    allowed = await connected_client(alice)
+    await allowed.send("SEND", {"destination": "/app/tests.greet", "receipt": "g"}, json.dumps({"name": "y"}))
+    receipt = await allowed.next_frame()
+    assert (frame.command, frame.get("message"), receipt.command, _GREETED) == (
+        "ERROR", "Not allowed to send to /app/tests.greet", "RECEIPT", [("alice", "y")],
+    )
+    await allowed.close()
+
+
+@pytest.mark.parametrize("body", ["not json", '["a list"]'])
+async def test_a_body_that_is_not_what_the_handler_takes_is_an_error_quoting_the_declared_shape(live, alice, body):
+    client = await connected_client(alice)
+    await client.send("SEND", {"destination": "/app/tests.greet"}, body)
+    frame = await client.next_frame()
+    assert (frame.command, frame.get("message")) == ("ERROR", '/app/tests.greet needs a JSON body {"name": "..."}')
+    await client.expect_closed()
