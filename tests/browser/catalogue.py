@@ -94,6 +94,21 @@ def _open_notifications(page) -> None:
     page.wait_for_selector(".ln-dropdown", state="visible")
 
 
+def _show_toasts(page) -> None:
+    """Two toasts as live-notifications.js shows them (its own toast(); nothing is sent)."""
+    page.wait_for_function("window.liveNotifications !== undefined")
+    page.evaluate(
+        """() => {
+          const ln = window.liveNotifications;
+          ln.toast({ id: 990001, level: 'success', title: 'Debug report finished', text: 'Report ready',
+                     link: '/jobs/00000000-0000-0000-0000-000000000000/download/' });
+          ln.toast({ id: 990002, level: 'error', title: 'Debug report failed',
+                     text: '[Errno 28] No space left on device', link: '/jobs/' });
+        }"""
+    )
+    page.wait_for_selector(".ln-toast >> nth=1")
+
+
 @dataclass(frozen=True)
 class Page:
     """One page to look at: `path` may name seeded jobs as {running}, {done}..."""
@@ -121,6 +136,8 @@ PAGES: tuple[Page, ...] = (
     Page("job-cancelled", "alice", "/jobs/{cancelled}/"),
     Page("start-debug-report", "alice", "/jobs/debug-report/"),
     Page("notifications-open", "alice", "/jobs/", prepare=_open_notifications),
+    Page("toasts", "alice", "/", prepare=_show_toasts),
+    Page("admin-toasts", "admin", "/admin/jobs/job/", prepare=_show_toasts, admin=True),
     Page("admin-jobs", "admin", "/admin/jobs/job/", admin=True),
     Page("admin-job-running", "admin", "/admin/jobs/job/{running}/change/", admin=True),
     Page("admin-job-finished", "admin", "/admin/jobs/job/{done}/change/", admin=True),
