@@ -63,7 +63,7 @@ DEFAULTS: dict[str, Any] = {
     "PRUNE_INTERVAL": 300.0,
     # Rows deleted per transaction, and the pause between two (seconds), so claims never wait
     # behind a prune for long (bench/prune_bench.py measures it).
-    "PRUNE_BATCH": 500,
+    "PRUNE_BATCH": 100,
     "PRUNE_BATCH_PAUSE": 0.05,
     # Health (`manage.py jobhealth`): a due READY job waiting longer than this (seconds) makes
     # its queue unhealthy; the broker must open a STOMP session within HEALTH_BROKER_TIMEOUT.

@@ -25,7 +25,7 @@ __all__ = ["PruneCount", "prune_notifications", "parse_age", "delete_rows", "DEF
 logger = logging.getLogger(__name__)
 
 # Rows deleted per transaction: a few milliseconds of lock on SQLite (see bench/prune_bench.py).
-DEFAULT_BATCH = 500
+DEFAULT_BATCH = 100
 _AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
