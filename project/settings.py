@@ -35,6 +35,20 @@ CSRF_TRUSTED_ORIGINS = [
     o.strip() for o in os.environ.get("DJANGO_CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()
 ]
 
+# Served over HTTPS by a proxy that ends TLS (deploy/nginx/live-jobs.conf): trust its
+# X-Forwarded-Proto (which it must always set), cookies only over HTTPS, plain HTTP redirected,
+# HSTS for DJANGO_HSTS_SECONDS (start small, raise to a year once everything works over HTTPS),
+# for subdomains too and preloadable only when asked (both bind every subdomain to HTTPS).
+# /ops/ stays reachable over plain HTTP: load balancers and scrapers ask each process directly.
+if _env_bool("DJANGO_HTTPS", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
+    SECURE_SSL_REDIRECT = True
+    SECURE_REDIRECT_EXEMPT = [r"^ops/"]
+    SECURE_HSTS_SECONDS = int(os.environ.get("DJANGO_HSTS_SECONDS", "3600"))
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = _env_bool("DJANGO_HSTS_INCLUDE_SUBDOMAINS", False)
+    SECURE_HSTS_PRELOAD = _env_bool("DJANGO_HSTS_PRELOAD", False)
+
 INSTALLED_APPS = [
     "daphne",
     "django.contrib.admin",
