@@ -145,10 +145,11 @@ PAGES: tuple[Page, ...] = (
 )
 
 
-def open_page(page, spec: Page, ids: dict[str, str], base_url: str = "") -> None:
-    """Load `spec` in `page` (already logged in as spec.user), settled: live connection made
-    where there is one, fonts loaded, its prepare step done."""
-    page.goto(base_url + spec.url(ids))
+def open_page(page, spec: Page, ids: dict[str, str]) -> None:
+    """Load `spec` in `page` (its context has the stack's base_url and is logged in as
+    spec.user), settled: live connection made where there is one, fonts loaded, its prepare
+    step done."""
+    page.goto(spec.url(ids))
     if spec.user is not None and page.locator("[data-live-notifications]").count():
         page.wait_for_function("document.documentElement.dataset.stomp === 'connected'", timeout=20_000)
     page.evaluate("document.fonts.ready")

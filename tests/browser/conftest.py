@@ -22,6 +22,16 @@ CHROMIUM_ARGS = [
 PASSWORDS = {name: password for name, password, _ in USERS}
 
 
+def log_in(page, username: str) -> None:
+    """Log in through the site's login form as one of the stack's USERS (the page's context has the
+    stack's base_url); returns once the form has sent the browser on."""
+    page.goto("/login/")
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", PASSWORDS[username])
+    page.click("main form button[type=submit]")
+    page.wait_for_url(lambda url: "/login/" not in url)
+
+
 def chromium_path() -> str | None:
     path = os.environ.get("CHROMIUM_PATH") or "/usr/bin/chromium"
     return path if Path(path).exists() else shutil.which("chromium")
@@ -92,11 +102,7 @@ def new_page(browser, live_stack):
         contexts.append(context)
         page = context.new_page()
         if username is not None:
-            page.goto("/login/")
-            page.fill("input[name=username]", username)
-            page.fill("input[name=password]", PASSWORDS[username])
-            page.click("form button[type=submit]")
-            page.wait_for_url(lambda url: "/login/" not in url)
+            log_in(page, username)
         return page
 
     yield make

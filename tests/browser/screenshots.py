@@ -17,7 +17,7 @@ from html import escape
 from pathlib import Path
 
 from tests.browser.catalogue import PAGES, open_page, seed
-from tests.browser.conftest import CHROMIUM_ARGS, PASSWORDS, chromium_path
+from tests.browser.conftest import CHROMIUM_ARGS, chromium_path, log_in
 from tests.browser.stack import ROOT, LiveStack, manage, prepare_database
 
 __all__ = ["main", "take"]
@@ -27,16 +27,6 @@ logger = logging.getLogger("screenshots")
 WIDTHS = (1280, 390)
 SCHEMES = ("light", "dark")
 HEIGHT = {1280: 800, 390: 844}
-
-
-def _login(context, base_url: str, username: str) -> None:
-    page = context.new_page()
-    page.goto(f"{base_url}/login/")
-    page.fill("input[name=username]", username)
-    page.fill("input[name=password]", PASSWORDS[username])
-    page.click("form button[type=submit]")
-    page.wait_for_url(lambda url: "/login/" not in url)
-    page.close()
 
 
 def take(stack: LiveStack, ids: dict[str, str], out: Path, only: set[str] | None = None, browser=None) -> list[Path]:
@@ -64,14 +54,17 @@ def take(stack: LiveStack, ids: dict[str, str], out: Path, only: set[str] | None
                     continue
                 if spec.user not in contexts:
                     context = browser.new_context(
-                        viewport={"width": width, "height": HEIGHT[width]}, color_scheme=scheme, reduced_motion="reduce",
+                        base_url=stack.url, viewport={"width": width, "height": HEIGHT[width]}, color_scheme=scheme,
+                        reduced_motion="reduce",
                     )
                     context.set_default_timeout(30_000)
                     if spec.user is not None:
-                        _login(context, stack.url, spec.user)
+                        login = context.new_page()
+                        log_in(login, spec.user)
+                        login.close()
                     contexts[spec.user] = context
                 page = contexts[spec.user].new_page()
-                open_page(page, spec, ids, base_url=stack.url)
+                open_page(page, spec, ids)
                 target = out / f"{spec.name}-{width}-{scheme}.png"
                 page.screenshot(path=str(target), full_page=True)
                 written.append(target)

@@ -19,7 +19,7 @@ from playwright.sync_api import expect
 from tests.conftest import service_missing
 
 from .catalogue import PAGES, open_page, seed
-from .conftest import PASSWORDS
+from .conftest import log_in
 from .stack import LiveStack
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -66,11 +66,7 @@ def browse(browser, seeded):
         contexts.append(context)
         page = context.new_page()
         if user is not None:
-            page.goto("/login/")
-            page.fill("input[name=username]", user)
-            page.fill("input[name=password]", PASSWORDS[user])
-            page.click("main form button[type=submit]")
-            page.wait_for_url(lambda url: "/login/" not in url)
+            log_in(page, user)
         return page
 
     yield make
