@@ -16,7 +16,11 @@ __all__ = [
     "parse_broker_url",
     "parse_broker_urls",
     "as_broker_urls",
+    "SERVER_NAME",
 ]
+
+# What the WebSocket endpoint calls itself in CONNECTED frames: the product and its protocol version.
+SERVER_NAME = "django-live-jobs/1.0"
 
 DEFAULTS: dict[str, Any] = {
     # Where every process publishes and subscribes: stomp://[user:pass@]host[:port][/vhost][?options],

@@ -84,7 +84,7 @@ logger = logging.getLogger(__name__)
 
 # WebSocket subprotocol -> STOMP version, best first (what @stomp/stompjs offers, in its order).
 SUBPROTOCOLS = {"v12.stomp": "1.2", "v11.stomp": "1.1", "v10.stomp": "1.0"}
-SERVER_NAME = "django-live-jobs/1.0"
+SERVER_NAME = conf.SERVER_NAME
 # Browsers only send small control frames (SUBSCRIBE, SEND of a tiny JSON body): a few KiB
 # would do; 64 KiB keeps room for long destination names without letting a tab buffer megabytes.
 BROWSER_LIMITS = Limits(max_frame_size=64 * 1024, max_body_size=16 * 1024, max_headers=64, max_header_line=4 * 1024)

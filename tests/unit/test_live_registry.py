@@ -246,3 +246,8 @@ def test_publishing_to_a_destination_brokers_do_not_carry_is_a_value_error(desti
 def test_publishing_an_object_that_is_not_json_data_is_a_type_error():
     with pytest.raises(TypeError, match="Cannot publish a set"):
         live.publish("/topic/orders", {1, 2})
+
+
+def test_the_websocket_consumer_has_no_word_of_jobs():
+    source = (ROOT / "notifications" / "consumers.py").read_text()
+    assert re.findall(r".{0,30}job.{0,30}", source, flags=re.I) == []
