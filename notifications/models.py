@@ -2,8 +2,10 @@
 wake-up); and OutboxMessage, an event promised to the broker (see notifications.outbox)."""
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from django.conf import settings
-from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
 from django.utils import timezone
 
@@ -82,10 +84,13 @@ class OutboxMessage(models.Model):
     announces (DESIGN principle 8). Deleted once the broker's RECEIPT covers every SEND of it;
     see notifications.outbox for who publishes it and when."""
 
-    # Every destination gets the same payload (a job's final event goes to its own topic and to
+    # Every destination gets the same body (a job's final event goes to its own topic and to
     # the all-jobs topic); the row is confirmed when the broker has all of them.
     destinations = models.JSONField()
-    payload = models.JSONField(encoder=DjangoJSONEncoder)
+    # The message body exactly as it is published (compact JSON for a dict or list, the text of a
+    # str), encoded once when the row is written: a relay sends these bytes as they are.
+    body = models.TextField()
+    content_type = models.CharField(max_length=100, default="application/json")
     created = models.DateTimeField(default=timezone.now)
     # No relay claims the row before this time: its writer publishes it right after the commit
     # and has until then to see it confirmed. A relay's claim pushes it on by the retry bound.
@@ -98,3 +103,8 @@ class OutboxMessage(models.Model):
 
     def __str__(self) -> str:
         return f"outbox #{self.pk} to {', '.join(self.destinations or [])}"
+
+    @property
+    def payload(self) -> Any:
+        """The body as the caller gave it: a dict or list for JSON, else the text."""
+        return json.loads(self.body) if self.content_type == "application/json" else self.body

@@ -81,8 +81,8 @@ class Message:
 
     id: int
     destinations: tuple[str, ...]
-    payload: Any
-    body: bytes | None = None  # the payload as sent, when already encoded (see _encoded)
+    body: bytes  # as published, to every destination
+    content_type: str
 
 
 def _encoded(payload: Any) -> tuple[bytes, str]:
@@ -113,7 +113,7 @@ def _model():
     return OutboxMessage
 
 
-def _validated(destination: str | Sequence[str], payload: Any) -> tuple[list[str], Any, bytes]:
+def _validated(destination: str | Sequence[str], payload: Any) -> tuple[list[str], bytes, str]:
     from .publisher import _check_destination
 
     destinations = [destination] if isinstance(destination, str) else list(destination)
@@ -124,11 +124,10 @@ def _validated(destination: str | Sequence[str], payload: Any) -> tuple[list[str
     if not isinstance(payload, (dict, list, str)):
         raise TypeError(f"A durable payload is a dict, list or str (it is stored as JSON), not {type(payload).__name__}")
     try:
-        # The bytes published now are those a relay publishes from the stored JSON later.
-        body, _ = _encoded(payload)
+        body, content_type = _encoded(payload)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"A durable payload must be JSON-serialisable: {exc}") from exc
-    return destinations, payload, body
+    return destinations, body, content_type
 
 
 def publish_durable(destination: str | Sequence[str], payload: dict | list | str, *, using: str | None = None) -> int:
@@ -153,8 +152,8 @@ def publish_durable_many(
     db = using or router.db_for_write(model)
     now = timezone.now()
     due = now + timedelta(seconds=float(conf.get("OUTBOX_RETRY_AFTER")))
-    ids = _insert_rows(db, [(names, payload, now, due) for names, payload, _ in checked])
-    messages = [Message(pk, tuple(names), payload, body) for pk, (names, payload, body) in zip(ids, checked)]
+    ids = _insert_rows(db, [(names, body.decode("utf-8"), content_type, now, due) for names, body, content_type in checked])
+    messages = [Message(pk, tuple(names), body, content_type) for pk, (names, body, content_type) in zip(ids, checked)]
     transaction.on_commit(lambda: get_relay().handoff(messages), using=db)
     return ids
 
@@ -162,15 +161,15 @@ def publish_durable_many(
 # INSERT ... RETURNING statements by (database alias, rows); the worker writes outbox rows with
 # every job it finishes, where the ORM's compiler would cost more than the database's work.
 _INSERT_SQL: dict[tuple[str, int], str] = {}
-_INSERT_FIELDS = ("destinations", "payload", "created", "available_at", "attempts")
+_INSERT_FIELDS = ("destinations", "body", "content_type", "created", "available_at", "attempts")
 
 
-def _insert_rows(db: str, rows: list[tuple[list[str], Any, datetime, datetime]]) -> list[int]:
-    """Insert (destinations, payload, created, available_at) rows; their new ids, in order."""
+def _insert_rows(db: str, rows: list[tuple[list[str], str, str, datetime, datetime]]) -> list[int]:
+    """Insert (destinations, body, content_type, created, available_at) rows; their new ids, in order."""
     model = _model()
     connection = connections[db]
     if connection.vendor not in {"postgresql", "sqlite"}:  # no INSERT ... RETURNING here: the ORM's way
-        objs = [model(destinations=d, payload=p, created=c, available_at=a) for d, p, c, a in rows]
+        objs = [model(destinations=d, body=b, content_type=t, created=c, available_at=a) for d, b, t, c, a in rows]
         if connection.features.can_return_rows_from_bulk_insert:
             model.objects.using(db).bulk_create(objs)
         else:
@@ -193,8 +192,18 @@ def _insert_rows(db: str, rows: list[tuple[list[str], Any, datetime, datetime]])
                     _INSERT_SQL.clear()
                 _INSERT_SQL[(db, len(chunk))] = sql
             params = []
-            for values in chunk:
-                params.extend(f.get_db_prep_save(v, connection) for f, v in zip(fields, (*values, 0)))
+            # The rows of one call share their moment: its timestamps are prepared once.
+            names_field, body_field, type_field, created_field, due_field, attempts_field = fields
+            zero = attempts_field.get_db_prep_save(0, connection)
+            stamps: dict[tuple[datetime, datetime], list[Any]] = {}
+            for names, body, content_type, created, due in chunk:
+                prepared = stamps.get((created, due))
+                if prepared is None:
+                    prepared = stamps[(created, due)] = [
+                        created_field.get_db_prep_save(created, connection), due_field.get_db_prep_save(due, connection), zero,
+                    ]
+                params += [names_field.get_db_prep_save(names, connection), body_field.get_db_prep_save(body, connection),
+                           type_field.get_db_prep_save(content_type, connection), *prepared]
             cursor.execute(sql, params)
             ids.extend(row[0] for row in cursor.fetchall())
     return ids
@@ -239,12 +248,9 @@ class Relay:
             publisher = self.publisher()
             for message in messages:
                 confirm = self._confirmation(message.id, len(message.destinations))
-                if message.body is not None and not isinstance(message.payload, str):
-                    body, content_type = message.body, "application/json"
-                else:
-                    body, content_type = _encoded(message.payload)
+                headers = {"content-type": message.content_type}
                 for destination in message.destinations:
-                    publisher.publish(destination, body, headers={"content-type": content_type}, on_confirmed=confirm)
+                    publisher.publish(destination, message.body, headers=headers, on_confirmed=confirm)
         except Exception:
             logger.exception("Outbox: could not hand %d message(s) to the publisher; a relay will retry them", len(messages))
             return
@@ -328,7 +334,7 @@ class Relay:
             "Outbox: publishing %d message(s) again that were not confirmed in time (the oldest written %s, "
             "attempt %d)", len(rows), min(row.created for row in rows).isoformat(), max(row.attempts for row in rows),
         )
-        self.handoff(Message(row.pk, tuple(row.destinations), row.payload) for row in rows)
+        self.handoff(Message(row.pk, tuple(row.destinations), row.body.encode("utf-8"), row.content_type) for row in rows)
         return len(rows)
 
     def prune(self, now: datetime | None = None) -> int:

@@ -3,6 +3,7 @@ DATABASE_URL): writing with the caller's transaction, claiming overdue rows, the
 settings checks."""
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from datetime import timedelta
@@ -23,16 +24,22 @@ pytestmark = pytest.mark.django_db
 def overdue(n: int, *, seconds_ago: float = 5.0) -> list[int]:
     past = timezone.now() - timedelta(seconds=seconds_ago)
     rows = OutboxMessage.objects.bulk_create(
-        [OutboxMessage(destinations=["/topic/outbox-test"], payload={"n": i}, created=past, available_at=past)
+        [OutboxMessage(destinations=["/topic/outbox-test"], body=json.dumps({"n": i}), created=past, available_at=past)
          for i in range(n)]
     )
     return [row.pk for row in rows]
 
 
-def test_publish_durable_writes_one_row_with_every_destination_and_the_payload():
-    row_id = outbox.publish_durable(["/topic/a", "/queue/b"], {"hello": "world"})
+def test_publish_durable_writes_one_row_with_every_destination_and_the_body_as_published():
+    row_id = outbox.publish_durable(["/topic/a", "/queue/b"], {"hello": "wörld", "n": 1})
     row = OutboxMessage.objects.get(pk=row_id)
-    assert (row.destinations, row.payload, row.attempts) == (["/topic/a", "/queue/b"], {"hello": "world"}, 0)
+    assert (row.destinations, row.body, row.content_type, row.attempts) == (
+        ["/topic/a", "/queue/b"], '{"hello":"wörld","n":1}', "application/json", 0)
+
+
+def test_a_text_payload_is_stored_as_text():
+    row = OutboxMessage.objects.get(pk=outbox.publish_durable("/queue/a", "plain words"))
+    assert (row.body, row.content_type, row.payload) == ("plain words", "text/plain;charset=utf-8", "plain words")
 
 
 def test_a_new_row_is_not_due_for_relays_before_the_retry_bound(settings):
