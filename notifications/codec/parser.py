@@ -115,7 +115,7 @@ class FrameParser:
     """
 
     __slots__ = (
-        "limits", "version", "_buf", "_events", "_error", "_hscan", "_pending", "_crlf", "_cache", "_cache_version",
+        "limits", "version", "_buf", "_events", "_error", "_hscan", "_lscan", "_pending", "_crlf", "_cache", "_cache_version",
     )
 
     def __init__(self, limits: Limits = _DEFAULT_LIMITS, version: str = "1.2") -> None:
@@ -130,6 +130,7 @@ class FrameParser:
         # reference cycle that only the cyclic GC would ever free.
         self._error: str | None = None
         self._hscan = 0  # where to resume looking for the end of headers, relative to the frame
+        self._lscan = 0  # where the unfinished block's first line not yet checked starts, likewise
         # (command, headers, body offset, content-length or None, NUL scan offset) of a frame
         # whose headers are parsed but whose body has not fully arrived yet.
         self._pending: tuple[str, tuple[tuple[str, str], ...], int, int | None, int] | None = None
@@ -230,7 +231,7 @@ class FrameParser:
                     self._check_incomplete_headers(buf, pos, n)
                     self._hscan = max(0, n - pos - 2)
                     break
-                self._hscan = 0
+                self._hscan = self._lscan = 0
                 raw = buf[pos:header_end]
                 if raw.__class__ is not bytes:
                     raw = bytes(raw)
@@ -273,7 +274,11 @@ class FrameParser:
         return pos
 
     def _check_incomplete_headers(self, buf: bytes | bytearray, pos: int, n: int) -> None:
-        """Fail early on garbage and on header blocks that could only grow past the limits."""
+        """Fail early on garbage and on header blocks that could only grow past the limits.
+
+        The same rules as a complete block, applied to what arrived so far: the first limit the
+        stream crosses is the one reported, however the bytes were split.
+        """
         limits = self.limits
         # The command line plus its CRLF, or enough of it to know it is too long.
         line = bytes(buf[pos : min(n, pos + MAX_COMMAND_LENGTH + 2)])
@@ -283,13 +288,25 @@ class FrameParser:
         if line.endswith(b"\r"):  # the end of the line, or the start of its CRLF
             line = line[:-1]
         _check_command(line)
+        # Every line so far, finished or not, less a last CR (the end of a finished line, or
+        # what may start the CRLF of an unfinished one), within the first max_frame_size + 1
+        # bytes: a line crossing the limit before the block crosses max_frame_size is what a
+        # peer sending a byte at a time is refused for. Lines checked by an earlier read are
+        # not scanned again (_lscan), so a block arriving a byte at a time costs linear time.
+        max_line = limits.max_header_line
+        end = min(n, pos + limits.max_frame_size + 1)
+        start = pos + self._lscan
+        while True:
+            eol = buf.find(b"\n", start, end)
+            stop = eol if eol >= 0 else end
+            if stop - start > max_line and (stop - start > max_line + 1 or buf[stop - 1] != 13):
+                raise RemoteProtocolError(f"Header line is over the limit of {max_line} bytes")
+            if eol < 0:
+                break
+            start = eol + 1
+        self._lscan = start - pos
         if n - pos > limits.max_frame_size:
             raise RemoteProtocolError(f"Frame headers are over the limit of {limits.max_frame_size} bytes")
-        last_eol = buf.rfind(b"\n", pos, n)
-        if n - (last_eol if last_eol >= 0 else pos) > limits.max_header_line + 1:
-            raise RemoteProtocolError(
-                f"Header line is over the limit of {limits.max_header_line} bytes"
-            )
 
     def _uncached_headers(self, raw: bytes, cache: dict) -> tuple[str, tuple[tuple[str, str], ...], int | None]:
         """Headers not in the cache: parsed, and remembered when they are a SEND's.
@@ -337,6 +354,14 @@ class FrameParser:
         if line.endswith(b"\r"):
             line = line[:-1]
         _check_command(line)
+        if len(raw) > limits.max_header_line:
+            # Before anything else about the lines, on the raw bytes, as an unfinished block is
+            # checked: the same frame is refused for the same reason however it arrived.
+            for line in raw.split(b"\n"):
+                if len(line) > limits.max_header_line and (
+                    len(line) > limits.max_header_line + 1 or not line.endswith(b"\r")
+                ):
+                    raise RemoteProtocolError(f"Header line is over the limit of {limits.max_header_line} bytes")
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
@@ -349,12 +374,6 @@ class FrameParser:
             raise RemoteProtocolError(
                 f"Frame has {len(lines) - 1} headers, over the limit of {limits.max_headers}"
             )
-        if len(raw) > limits.max_header_line:
-            for line in lines:
-                if len(line.encode("utf-8")) > limits.max_header_line:
-                    raise RemoteProtocolError(
-                        f"Header line is over the limit of {limits.max_header_line} bytes"
-                    )
         parts = [line.partition(":") for line in lines[1:]]
         headers = [(name, value) for name, sep, value in parts if sep and name]
         if len(headers) != len(parts):

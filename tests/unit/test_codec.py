@@ -356,6 +356,54 @@ def test_a_header_line_over_the_limit_is_rejected_before_it_ends(parse):
     assert error.error_message == "Header line is over the limit of 40 bytes"
 
 
+LINES = Limits(max_frame_size=1024, max_body_size=512, max_headers=16, max_header_line=128)
+
+
+def test_an_unfinished_header_block_with_a_line_over_the_limit_is_refused_however_it_arrives(parse):
+    # The over-long line is finished and the block goes on: whole, the last line was short.
+    error = _error_of(parse, b"SEND\nh:" + b"v" * 200 + b"\nx:y\n", limits=LINES)
+    assert error.error_message == "Header line is over the limit of 128 bytes"
+
+
+def test_a_good_frame_then_an_unfinished_block_with_a_long_line_in_one_read_gives_the_frame_then_the_error():
+    parser = FrameParser(limits=LINES)
+    with pytest.raises(RemoteProtocolError, match="^Header line is over the limit of 128 bytes$"):
+        parser.receive_data(b"SEND\n\nok\x00" + b"SEND\nh:" + b"v" * 200 + b"\nx:y\n")
+    assert parser.events_received() == [Frame("SEND", (), b"ok")]
+
+
+@pytest.mark.parametrize(
+    "data, outcome",
+    [
+        # The example of the chaos suite: unfinished, then the same frame complete.
+        (b"SEND\nh:" + b"v" * 200 + b"\nx:y\n", "Header line is over the limit of 128 bytes"),
+        (b"SEND\nh:" + b"v" * 200 + b"\nx:y\n\n\x00", "Header line is over the limit of 128 bytes"),
+        # A line of exactly 128 bytes ending with CRLF: the CR is the line end, not the line.
+        (b"SEND\r\nh:" + b"v" * 126 + b"\r\n\r\n\x00", [Frame("SEND", (("h", "v" * 126),))]),
+        (b"SEND\r\nh:" + b"v" * 127 + b"\r\n\r\n\x00", "Header line is over the limit of 128 bytes"),
+        (b"SEND\nh:" + b"v" * 126 + b"\n\n\x00", [Frame("SEND", (("h", "v" * 126),))]),
+        (b"SEND\nh:" + b"v" * 127 + b"\n\n\x00", "Header line is over the limit of 128 bytes"),
+        # A long line after a bad one: the long line is refused first, as it is when split.
+        (b"SEND\nx:\xff\nh:" + b"v" * 200 + b"\n\n\x00", "Header line is over the limit of 128 bytes"),
+        (b"SEND\n" + b"a:1\n" * 20 + b"h:" + b"v" * 200 + b"\n\n\x00", "Header line is over the limit of 128 bytes"),
+        # Which limit comes first in the stream decides, whole or split.
+        (b"SEND\nh:" + b"v" * 200 + b"\n" + b"a:b\n" * 300, "Header line is over the limit of 128 bytes"),
+        (b"SEND\n" + b"a:b\n" * 300 + b"h:" + b"v" * 200, "Frame headers are over the limit of 1024 bytes"),
+    ],
+    ids=["unfinished", "complete", "crlf-128", "crlf-129", "lf-128", "lf-129", "after-bad-utf8",
+         "after-many-headers", "line-before-frame-limit", "frame-limit-before-line"],
+)
+def test_a_header_block_gets_one_outcome_however_it_is_split(data, outcome):
+    assert _outcome(FrameParser(limits=LINES), [data]) == outcome
+    assert _outcome(FrameParser(limits=LINES), [data[i : i + 1] for i in range(len(data))]) == outcome
+    for cut in range(1, len(data), 7 if len(data) > 300 else 1):
+        assert _outcome(FrameParser(limits=LINES), [data[:cut], data[cut:]]) == outcome, cut
+    # Several frames in one read: the same block behind two good frames.
+    frames = [Frame("SEND", (), b"a"), Frame("SEND", (), b"b")]
+    both = _outcome(FrameParser(limits=LINES), [b"SEND\n\na\x00SEND\n\nb\x00" + data])
+    assert both == (frames + outcome if isinstance(outcome, list) else outcome)
+
+
 def test_a_flood_without_frame_ends_never_buffers_more_than_the_frame_limit():
     parser = FrameParser(limits=SMALL)
     parser.receive_data(b"SEND\ndestination:/q\n\n")
