@@ -10,7 +10,7 @@ import shutil
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.conftest import PASSWORDS
+from tests.browser.conftest import log_in
 from tests.browser.stack import LiveStack, environment, manage
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -53,11 +53,7 @@ def login(browser, shop_stack):
         context.set_default_timeout(20_000)
         contexts.append(context)
         page = context.new_page()
-        page.goto("/login/")
-        page.fill("input[name=username]", username)
-        page.fill("input[name=password]", PASSWORDS[username])
-        page.click("form button[type=submit]")
-        page.wait_for_url(lambda url: "/login/" not in url)
+        log_in(page, username)
         return page
 
     yield make
