@@ -13,6 +13,7 @@ unfinished and every job written since shortly before the outage (bounded, read 
 """
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
@@ -21,6 +22,8 @@ from typing import Any
 from django.db.models import Q
 
 from notifications import live
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "JOBS_ALL",
@@ -101,7 +104,18 @@ def _active(owner: Any = None) -> list[dict]:
 
 def _resync(user: Any, since: datetime | None, pending: list, owner: Any = None) -> Iterator[dict]:
     """After a reconnect: the jobs shown unfinished, then the READY and RUNNING jobs and every job
-    enqueued, started or finished from ``since`` on, in pages by enqueue time."""
+    enqueued, started or finished from ``since`` on, in pages by enqueue time; at most
+    RESYNC_LIMIT jobs (past it the rest is left out and logged: a page that far behind reloads)."""
+    sent = 0
+    for event in _changed(since, pending, owner):
+        if sent == RESYNC_LIMIT:
+            logger.warning("A jobs list resync stopped at %d jobs (RESYNC_LIMIT); the rest was left out", RESYNC_LIMIT)
+            return
+        sent += 1
+        yield event
+
+
+def _changed(since: datetime | None, pending: list, owner: Any) -> Iterator[dict]:
     Job = _job_model()
     jobs = Job.objects.all() if owner is None else Job.objects.filter(owner=owner)
     sent: set = set()
