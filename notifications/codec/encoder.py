@@ -20,7 +20,8 @@ def encode_frame(frame: Frame, version: str = "1.2", *, eol: bool = False) -> by
     NUL byte needs one, and a given content-length must match the body). With ``eol`` the frame
     ends with NUL and a newline (``frame = ... NULL *( EOL )``), as RabbitMQ and ActiveMQ end
     theirs: some clients (PHP's stomp extension) read one byte past the NUL, and would eat
-    the next frame's first letter. Raises LocalProtocolError for what STOMP cannot carry.
+    the next frame's first letter. Raises LocalProtocolError for what STOMP cannot carry (a
+    NUL in a header, a line break where it cannot be escaped, a mismatched content-length).
     """
     command = frame.command
     if not (command.isalpha() and command.isascii()):
@@ -49,8 +50,12 @@ def encode_frame(frame: Frame, version: str = "1.2", *, eol: bool = False) -> by
     elif b"\x00" in body:
         raise LocalProtocolError("A body containing NUL bytes needs a content-length header")
     lines.append("\n")
+    text = "\n".join(lines)
+    if "\x00" in text:
+        name = next(name for name, value in frame.headers if "\x00" in name or "\x00" in value)
+        raise LocalProtocolError(f"Header {name!r} cannot carry a NUL byte (a NUL ends a STOMP frame)")
     try:
-        head = "\n".join(lines).encode("utf-8")
+        head = text.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise LocalProtocolError(f"Headers cannot be encoded as UTF-8: {exc.reason}") from None
     return b"".join((head, body, FRAME_END if eol else b"\x00"))

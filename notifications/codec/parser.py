@@ -69,6 +69,21 @@ def _check_command(line: bytes) -> None:
         raise RemoteProtocolError(f"Invalid frame: expected a command, got {_short(line[:_COMMAND_PREVIEW])}")
 
 
+def _check_line(buf: bytes | bytearray, start: int, stop: int, max_line: int) -> None:
+    """The one rule for a header line ``buf[start:stop]`` (without its LF), finished or not.
+
+    A NUL is refused where it shows (the spec: a NUL ends a frame, so a header cannot carry
+    one; a receiver trusting it would cut the frame there), unless the line was over the limit
+    before it; the length is counted less a last CR (a CRLF's, or what may start one).
+    """
+    nul = buf.find(b"\x00", start, min(stop, start + max_line + 1))
+    if nul >= 0:
+        raise RemoteProtocolError(f"Header line with a NUL byte (a NUL ends a frame): {_short(bytes(buf[start:nul]))}")
+    length = stop - start
+    if length > max_line and (length > max_line + 1 or buf[stop - 1] != 13):
+        raise RemoteProtocolError(f"Header line is over the limit of {max_line} bytes")
+
+
 def negotiate_version(accept_version: str | None, supported: tuple[str, ...] = VERSIONS) -> str | None:
     """The highest version both sides speak; a CONNECT without accept-version is a 1.0 client.
 
@@ -288,19 +303,16 @@ class FrameParser:
         if line.endswith(b"\r"):  # the end of the line, or the start of its CRLF
             line = line[:-1]
         _check_command(line)
-        # Every line so far, finished or not, less a last CR (the end of a finished line, or
-        # what may start the CRLF of an unfinished one), within the first max_frame_size + 1
-        # bytes: a line crossing the limit before the block crosses max_frame_size is what a
-        # peer sending a byte at a time is refused for. Lines checked by an earlier read are
-        # not scanned again (_lscan), so a block arriving a byte at a time costs linear time.
+        # Every line so far, finished or not (_check_line), within the first max_frame_size + 1
+        # bytes: a line refused before the block crosses max_frame_size is what a peer sending
+        # a byte at a time is refused for. Lines checked by an earlier read are not scanned
+        # again (_lscan), so a block arriving a byte at a time costs linear time.
         max_line = limits.max_header_line
         end = min(n, pos + limits.max_frame_size + 1)
         start = pos + self._lscan
         while True:
             eol = buf.find(b"\n", start, end)
-            stop = eol if eol >= 0 else end
-            if stop - start > max_line and (stop - start > max_line + 1 or buf[stop - 1] != 13):
-                raise RemoteProtocolError(f"Header line is over the limit of {max_line} bytes")
+            _check_line(buf, start, eol if eol >= 0 else end, max_line)
             if eol < 0:
                 break
             start = eol + 1
@@ -326,7 +338,7 @@ class FrameParser:
                 value = raw[at + 9 : end]
                 key = raw[:at] + raw[end:]
                 index = raw.count(b"\n", 0, at)  # the receipt's place among the header lines
-                plain = b"\\" not in value and b"\r" not in value and value.isascii()
+                plain = b"\\" not in value and b"\r" not in value and b"\x00" not in value and value.isascii()
                 base = cache.get(key) if plain else None
                 if base is not None and len(base[1]) < limits.max_headers:
                     command, headers, length = base
@@ -354,14 +366,16 @@ class FrameParser:
         if line.endswith(b"\r"):
             line = line[:-1]
         _check_command(line)
-        if len(raw) > limits.max_header_line:
-            # Before anything else about the lines, on the raw bytes, as an unfinished block is
-            # checked: the same frame is refused for the same reason however it arrived.
-            for line in raw.split(b"\n"):
-                if len(line) > limits.max_header_line and (
-                    len(line) > limits.max_header_line + 1 or not line.endswith(b"\r")
-                ):
-                    raise RemoteProtocolError(f"Header line is over the limit of {limits.max_header_line} bytes")
+        if len(raw) > limits.max_header_line or b"\x00" in raw:
+            # Before anything else about the lines, on the raw bytes, in order, as an unfinished
+            # block is checked: the same frame is refused for the same reason however it arrived.
+            start = 0
+            while True:
+                eol = raw.find(b"\n", start)
+                _check_line(raw, start, eol if eol >= 0 else len(raw), limits.max_header_line)
+                if eol < 0:
+                    break
+                start = eol + 1
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:

@@ -389,9 +389,20 @@ def test_a_good_frame_then_an_unfinished_block_with_a_long_line_in_one_read_give
         # Which limit comes first in the stream decides, whole or split.
         (b"SEND\nh:" + b"v" * 200 + b"\n" + b"a:b\n" * 300, "Header line is over the limit of 128 bytes"),
         (b"SEND\n" + b"a:b\n" * 300 + b"h:" + b"v" * 200, "Frame headers are over the limit of 1024 bytes"),
+        # A NUL in a header: refused as soon as it arrives, unless a line was too long before it.
+        (b"SEND\nx:a\x00b\ncontent-length:2\n\nhi\x00", "Header line with a NUL byte (a NUL ends a frame): b'x:a'"),
+        (b"SEND\nx:a\x00b", "Header line with a NUL byte (a NUL ends a frame): b'x:a'"),
+        (b"SEND\nx:1\nna\x00me:1\n\n\x00", "Header line with a NUL byte (a NUL ends a frame): b'na'"),
+        (b"SEND\nh:" + b"v" * 126 + b"\x00\n\n\x00", "Header line with a NUL byte (a NUL ends a frame): b'h:vvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvv..."),
+        (b"SEND\nh:" + b"v" * 127 + b"\x00\n\n\x00", "Header line is over the limit of 128 bytes"),
+        (b"SEND\nh:" + b"v" * 200 + b"\nx:\x00\n\n\x00", "Header line is over the limit of 128 bytes"),
+        (b"SEND\nx:\x00\nh:" + b"v" * 200 + b"\n\n\x00", "Header line with a NUL byte (a NUL ends a frame): b'x:'"),
+        (b"SEND\n" + b"a:b\n" * 300 + b"x:\x00", "Frame headers are over the limit of 1024 bytes"),
     ],
     ids=["unfinished", "complete", "crlf-128", "crlf-129", "lf-128", "lf-129", "after-bad-utf8",
-         "after-many-headers", "line-before-frame-limit", "frame-limit-before-line"],
+         "after-many-headers", "line-before-frame-limit", "frame-limit-before-line", "nul-complete",
+         "nul-unfinished", "nul-in-a-name", "nul-at-the-limit", "nul-past-the-limit", "long-line-then-nul",
+         "nul-then-long-line", "frame-limit-before-nul"],
 )
 def test_a_header_block_gets_one_outcome_however_it_is_split(data, outcome):
     assert _outcome(FrameParser(limits=LINES), [data]) == outcome
@@ -402,6 +413,26 @@ def test_a_header_block_gets_one_outcome_however_it_is_split(data, outcome):
     frames = [Frame("SEND", (), b"a"), Frame("SEND", (), b"b")]
     both = _outcome(FrameParser(limits=LINES), [b"SEND\n\na\x00SEND\n\nb\x00" + data])
     assert both == (frames + outcome if isinstance(outcome, list) else outcome)
+
+
+def test_a_nul_inside_a_header_is_refused_though_a_content_length_covers_the_body(parse):
+    # A receiver ends a frame at its first NUL: the spec's header octets cannot carry one.
+    error = _error_of(parse, b"SEND\nx:a\x00b\ncontent-length:2\n\nhi\x00")
+    assert error.error_message == "Header line with a NUL byte (a NUL ends a frame): b'x:a'"
+
+
+def test_a_nul_inside_a_connect_header_is_refused(parse):
+    error = _error_of(parse, b"CONNECT\naccept-version:1.2\npasscode:se\x00cret\n\n\x00")
+    assert error.error_message == "Header line with a NUL byte (a NUL ends a frame): b'passcode:se'"
+
+
+def test_a_nul_inside_a_receipt_is_refused_after_the_same_send_was_cached():
+    parser = FrameParser()
+    parser.receive_data(b"SEND\ndestination:/q\nreceipt:r1\n\nx\x00")
+    with pytest.raises(RemoteProtocolError) as info:
+        parser.receive_data(b"SEND\ndestination:/q\nreceipt:r\x002\n\nx\x00")
+    assert info.value.error_message == "Header line with a NUL byte (a NUL ends a frame): b'receipt:r'"
+    assert parser.events_received() == [Frame("SEND", (("destination", "/q"), ("receipt", "r1")), b"x")]
 
 
 def test_a_flood_without_frame_ends_never_buffers_more_than_the_frame_limit():
@@ -501,6 +532,23 @@ def test_encode_refuses_a_nul_body_without_content_length():
 def test_encode_refuses_a_content_length_that_does_not_match_the_body():
     with pytest.raises(LocalProtocolError, match="does not match the body of 3 bytes"):
         encode_frame(Frame("SEND", (("content-length", "2"),), b"abc"))
+
+
+@pytest.mark.parametrize("version", ["1.0", "1.2"])
+@pytest.mark.parametrize(
+    "frame",
+    [
+        Frame("SEND", (("destination", "/q"), ("x", "a\x00b")), b"hi"),
+        Frame("SEND", (("destination", "/q"), ("x\x00y", "1")), b"hi"),
+        Frame("CONNECT", (("accept-version", "1.2"), ("passcode", "se\x00cret"))),
+    ],
+    ids=["in-a-value", "in-a-name", "in-a-connect-frame"],
+)
+def test_encode_refuses_a_nul_in_a_header(frame, version):
+    with pytest.raises(LocalProtocolError) as info:
+        encode_frame(frame, version)
+    name = next(n for n, v in frame.headers if "\x00" in n + v)
+    assert str(info.value) == f"Header {name!r} cannot carry a NUL byte (a NUL ends a STOMP frame)"
 
 
 def test_encode_with_eol_ends_the_frame_with_nul_and_a_newline():

@@ -9,8 +9,9 @@ from notifications.codec import HEARTBEAT, Frame, FrameParser, Limits, StompErro
 
 COMMANDS = ["SEND", "SUBSCRIBE", "UNSUBSCRIBE", "ACK", "NACK", "BEGIN", "COMMIT", "ABORT",
             "DISCONNECT", "MESSAGE", "RECEIPT", "ERROR"]
-# Any text STOMP 1.2 can carry once escaped: every code point but surrogates.
-header_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=20)
+# Any text STOMP 1.2 can carry once escaped: every code point but surrogates and NUL (a NUL
+# ends a frame: the encoder refuses it in a header, the parser too).
+header_text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=20)
 header_names = header_text.filter(bool)
 
 
