@@ -22,6 +22,7 @@ import os
 import platform
 import re
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -51,6 +52,9 @@ __all__ = [
     "DEFAULT_STEP_DELAY",
     "RECENT_LOG_LINES",
     "counted",
+    "BrokerCheck",
+    "check_broker",
+    "check_brokers",
 ]
 
 logger = logging.getLogger(__name__)
@@ -295,55 +299,146 @@ def _job_counts(Job) -> Iterable[dict]:
     return Job.objects.order_by().values("status").annotate(n=Count("id"))
 
 
-def check_broker(url: str | None = None, timeout: float = BROKER_CHECK_TIMEOUT) -> tuple[bool, str]:
-    """Open a fresh STOMP connection (CONNECT, wait for CONNECTED, DISCONNECT) within ``timeout``.
+@dataclass(frozen=True)
+class BrokerCheck:
+    """What one broker of the list answered to a fresh STOMP connection."""
 
-    Returns (ok, description); never raises.
+    url: str  # as str(BrokerURL) shows it: the password masked
+    ok: bool
+    detail: str  # "CONNECTED in 3 ms (STOMP 1.2, server ..., host header '/')" or why not
+
+
+def check_brokers(url: Any = None, timeout: float = BROKER_CHECK_TIMEOUT) -> list[BrokerCheck]:
+    """Open a fresh STOMP connection (CONNECT, wait for CONNECTED, DISCONNECT) to every broker of
+    ``url`` at once, each within ``timeout`` seconds.
+
+    ``url``: NOTIFICATIONS["BROKER_URL"] by default, or anything it may hold (one URL, several
+    separated by commas, failover:(...), a list). Each connection is made as the hub and the
+    publisher make theirs (notifications.connection): TLS with the certificate verified, the
+    host header "/" then the broker's names when one is refused, a known defect named. A URL
+    that cannot be read gives one failed entry saying why. Never raises.
     """
     from notifications import conf
-    from notifications.codec import Frame, FrameParser, encode_frame
 
     try:
-        parsed = conf.parse_broker_url(url or conf.get("BROKER_URL"))
+        urls = conf.as_broker_urls(url)
     except ValueError as exc:
-        return False, str(exc)
-    headers = [("accept-version", "1.0,1.1,1.2"), ("host", parsed.vhost or "/"), ("heart-beat", "0,0")]
-    if parsed.login:
-        headers.append(("login", parsed.login))
-    if parsed.passcode:
-        headers.append(("passcode", parsed.passcode))
+        given = url if url is not None else conf.get("BROKER_URL")
+        return [BrokerCheck(mask_url_passwords(str(given)), False, str(exc))]
+    if len(urls) == 1:
+        return [_check_one_broker(urls[0], timeout)]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=len(urls), thread_name_prefix="broker-check") as pool:
+        return list(pool.map(lambda u: _check_one_broker(u, timeout), urls))
+
+
+def check_broker(url: Any = None, timeout: float = BROKER_CHECK_TIMEOUT) -> tuple[bool, str]:
+    """(every broker answered, one line per broker: "<url>: <what it answered>"); see check_brokers()."""
+    results = check_brokers(url, timeout)
+    return all(r.ok for r in results), "\n".join(f"{r.url}: {r.detail}" for r in results)
+
+
+def _check_one_broker(url, timeout: float) -> BrokerCheck:
+    from notifications import connection
+    from notifications.codec import StompError
+
+    state = connection.BrokerState(url, 0)
     started = time.perf_counter()
+    deadline = time.monotonic() + timeout
+    refused: list[str] = []
     try:
-        with socket.create_connection((parsed.host, parsed.port), timeout=timeout) as sock:
-            sock.settimeout(timeout)
-            sock.sendall(encode_frame(Frame("CONNECT", tuple(headers))))
+        context = connection.ssl_context(url)
+    except OSError as exc:
+        return BrokerCheck(str(url), False, str(exc))
+    while True:
+        host = state.host
+        try:
+            frame, tls = _connect_once(url, context, host, deadline)
+        except TimeoutError:
+            return BrokerCheck(str(url), False, f"no CONNECTED within {timeout:g} s (timed out)")
+        except ssl.SSLError as exc:
+            return BrokerCheck(str(url), False, connection.tls_error_text(url, exc))
+        except (OSError, StompError, ValueError, UnicodeError) as exc:
+            return BrokerCheck(str(url), False, f"{type(exc).__name__}: {exc}")
+        if frame is None:
+            return BrokerCheck(str(url), False, "connection closed before CONNECTED")
+        if frame.command == "CONNECTED":
+            break
+        if frame.command != "ERROR":
+            return BrokerCheck(str(url), False, f"answered CONNECT with {frame.command}")
+        message = frame.get("message") or frame.body.decode("utf-8", "replace").strip() or "no message"
+        refused.append(f"host {host!r}: {message}")
+        # The next host header, as the hub and publisher would try (a vhost in the URL has none).
+        if not state.host_refused(message):
+            return BrokerCheck(str(url), False, f"refused the CONNECT ({'; '.join(refused)})")
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    parts = [f"STOMP {frame.get('version') or '1.0'}"]
+    server = frame.get("server")
+    parts.append(f"server {server!r}" if server else "no server header")
+    parts.append(f"host header {state.host_accepted()}")
+    if tls:
+        parts.append(tls)
+    detail = f"CONNECTED in {elapsed_ms:.0f} ms ({', '.join(parts)})"
+    defect = connection.known_defect(server)
+    if defect is not None:
+        detail += f"; known defect of {defect.broker}: {defect.reason}; the hub and publishers work around it by {defect.workaround}"
+    return BrokerCheck(str(url), True, detail)
+
+
+def _connect_once(url, context, host: str, deadline: float):
+    """(the broker's first frame or None if it closed first, "TLS <version>" or None) for one
+    CONNECT with ``host``; socket errors and TimeoutError pass through."""
+    from notifications.codec import Frame, FrameParser, encode_frame
+
+    def remaining() -> float:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("timed out")
+        return left
+
+    headers = [("accept-version", "1.0,1.1,1.2"), ("host", host), ("heart-beat", "0,0")]
+    if url.login is not None:
+        headers.append(("login", url.login))
+    if url.passcode is not None:
+        headers.append(("passcode", url.passcode))
+    connect = encode_frame(Frame("CONNECT", tuple(headers)))
+    with socket.create_connection((url.host, url.port), timeout=remaining()) as raw:
+        sock = context.wrap_socket(raw, server_hostname=url.host) if context is not None else raw
+        try:
+            tls = f"TLS {sock.version()}" if context is not None else None
+            sock.sendall(connect)
             parser = FrameParser()
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
+            while True:
+                sock.settimeout(remaining())
                 data = sock.recv(65536)
                 if not data:
-                    return False, f"{parsed}: connection closed before CONNECTED"
+                    return None, tls
                 parser.receive_data(data)
-                frames = [f for f in parser.events_received() if isinstance(f, Frame)]
-                if frames:
-                    frame = frames[0]
-                    if frame.command != "CONNECTED":
-                        return False, f"{parsed}: {frame.command} {frame.get('message', '')}".strip()
-                    elapsed_ms = (time.perf_counter() - started) * 1000
-                    try:
-                        sock.sendall(encode_frame(Frame("DISCONNECT")))
-                    except OSError:
-                        pass
-                    server = frame.get("server", "unknown server")
-                    return True, f"{parsed}: CONNECTED in {elapsed_ms:.0f} ms (STOMP {frame.get('version', '1.0')}, {server})"
-            return False, f"{parsed}: no CONNECTED within {timeout:g} s"
-    except Exception as exc:
-        return False, f"{parsed}: {type(exc).__name__}: {exc}"
+                for event in parser.events_received():
+                    if isinstance(event, Frame):
+                        if event.command == "CONNECTED":
+                            try:
+                                sock.sendall(encode_frame(Frame("DISCONNECT")))
+                            except OSError:
+                                pass
+                        return event, tls
+        finally:
+            if sock is not raw:
+                sock.close()
 
 
 def _section_broker() -> ReportSection:
-    ok, description = check_broker()
-    lines = [f"Status: {'ok' if ok else 'FAILED'}", description]
+    results = check_brokers()
+    failed = sum(not r.ok for r in results)
+    if not failed:
+        status, summary = "Status: ok", "broker ok"
+    elif failed == len(results):
+        status, summary = "Status: FAILED", "broker check FAILED"
+    else:
+        status = f"Status: FAILED: {failed} of {len(results)} brokers did not answer (processes use the others meanwhile)"
+        summary = f"broker check FAILED ({failed} of {len(results)} brokers did not answer)"
+    lines = [status, *(f"{r.url}: {r.detail}" for r in results)]
     try:
         from notifications.publisher import get_publisher
 
@@ -354,7 +449,7 @@ def _section_broker() -> ReportSection:
         )
     except Exception as exc:
         lines.append(f"This process's publisher: unavailable ({type(exc).__name__}: {exc})")
-    return ReportSection("STOMP broker", tuple(lines), "broker ok" if ok else "broker check FAILED")
+    return ReportSection("STOMP broker", tuple(lines), summary)
 
 
 def _section_logs() -> ReportSection:

@@ -6,6 +6,7 @@ import threading
 import time
 
 import pytest
+import trustme
 from django.contrib.auth.models import User
 from django.test import Client
 from django.urls import reverse
@@ -16,12 +17,14 @@ from jobs.tasks import (
     MASK,
     build_debug_report,
     check_broker,
+    check_brokers,
     debug_report,
     mask_secrets,
     mask_url_passwords,
     secret_key_problems,
 )
 from jobs.worker import Worker
+from tests.conftest import free_port
 
 STRONG_KEY = "v9#Kq2!xP7@mL4$wR8^tZ1&nB6*cY3(dF5)gH0_jS2+eU7=aO9"
 
@@ -102,6 +105,98 @@ def test_the_broker_check_gives_up_on_a_broker_that_never_answers():
         ok, description = check_broker(f"stomp://127.0.0.1:{silent.getsockname()[1]}", timeout=0.5)
     assert ok is False
     assert "timed out" in description or "no CONNECTED" in description
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory):
+    """A CA made by this test module (trustme), its PEM file, and a server certificate for localhost."""
+    directory = tmp_path_factory.mktemp("tls")
+    authority = trustme.CA()
+    server = authority.issue_cert("127.0.0.1", "localhost")
+    files = {"ca": directory / "ca.pem", "cert": directory / "server.pem", "key": directory / "server-key.pem"}
+    authority.cert_pem.write_to_path(str(files["ca"]))
+    for blob in server.cert_chain_pems:
+        blob.write_to_path(str(files["cert"]), append=True)
+    server.private_key_pem.write_to_path(str(files["key"]))
+    return files
+
+
+@pytest.fixture
+def tls_broker(tls_files):
+    from notifications.broker import BrokerConfig, BrokerThread
+
+    running = BrokerThread(
+        BrokerConfig(port=0, certfile=tls_files["cert"], keyfile=tls_files["key"], close_timeout=1.0)
+    ).start()
+    yield running
+    running.stop()
+
+
+def test_the_broker_check_reports_each_broker_of_a_list(embedded_broker):
+    dead = f"stomp://127.0.0.1:{free_port()}"
+    results = check_brokers(f"{embedded_broker.url},{dead}", timeout=2.0)
+    assert [(r.url, r.ok) for r in results] == [(embedded_broker.url, True), (dead, False)]
+    assert results[0].detail.startswith("CONNECTED in ")
+    assert "(STOMP 1.2, server 'notifications-broker/1.0', host header '/')" in results[0].detail
+    assert results[1].detail == "ConnectionRefusedError: [Errno 111] Connection refused"
+
+
+def test_the_broker_check_of_a_list_fails_and_says_which_broker_did_not_answer(embedded_broker):
+    dead = f"stomp://127.0.0.1:{free_port()}"
+    ok, description = check_broker(f"failover:({dead},{embedded_broker.url})", timeout=2.0)
+    assert ok is False
+    first, second = description.splitlines()
+    assert first == f"{dead}: ConnectionRefusedError: [Errno 111] Connection refused"
+    assert second.startswith(f"{embedded_broker.url}: CONNECTED in ")
+
+
+def test_the_broker_check_reads_the_setting_s_list_when_given_no_url(settings, embedded_broker):
+    settings.NOTIFICATIONS = {"BROKER_URL": [embedded_broker.url, embedded_broker.url + "?heartbeat=0"]}
+    assert [(r.url, r.ok) for r in check_brokers(timeout=2.0)] == [
+        (embedded_broker.url, True), (embedded_broker.url + "?heartbeat=0", True)
+    ]
+
+
+def test_the_broker_check_connects_over_tls_verifying_the_certificate(tls_broker, tls_files):
+    url = f"stomp+ssl://localhost:{tls_broker.port}?ca_file={tls_files['ca']}"
+    ok, description = check_broker(url, timeout=2.0)
+    assert ok is True, description
+    assert description.startswith(f"stomp+ssl://localhost:{tls_broker.port}?ca_file={tls_files['ca']}: CONNECTED in ")
+    assert "host header '/', TLS TLSv1." in description
+
+
+def test_the_broker_check_refuses_a_certificate_it_does_not_trust(tls_broker):
+    ok, description = check_broker(f"stomp+ssl://localhost:{tls_broker.port}", timeout=2.0)
+    assert ok is False
+    assert description.startswith(f"stomp+ssl://localhost:{tls_broker.port}: TLS certificate of localhost:{tls_broker.port} not trusted: ")
+    assert description.endswith("(pass the CA that signed it with ?ca_file=/path/ca.pem)")
+
+
+def test_the_broker_check_on_coilmq_falls_back_to_its_host_name_and_names_its_defect(coilmq_stomp_url):
+    ok, description = check_broker(coilmq_stomp_url, timeout=5.0)
+    assert ok is True, description
+    assert "server 'coilmq/1.1.0'" in description
+    assert "host header '" in description and "(after host '/': " in description
+    assert "known defect of coilmq/1.1.0" in description
+
+
+def test_the_broker_check_of_a_url_it_cannot_read_says_why_without_its_password():
+    (result,) = check_brokers("stomp://bob:hunter2@mq:61613,", timeout=1.0)
+    assert (result.url, result.ok) == (f"stomp://bob:{MASK}@mq:61613,", False)
+    assert "hunter2" not in result.detail
+    assert "has an empty entry" in result.detail
+
+
+@pytest.mark.django_db
+def test_the_report_says_which_broker_of_a_list_failed(settings, embedded_broker):
+    dead = f"stomp://127.0.0.1:{free_port()}"
+    settings.NOTIFICATIONS = {"BROKER_URL": f"{embedded_broker.url},{dead}"}
+    _, sections = build_debug_report()
+    broker = sections[5]
+    assert broker.summary == "broker check FAILED (1 of 2 brokers did not answer)"
+    assert broker.lines[0] == "Status: FAILED: 1 of 2 brokers did not answer (processes use the others meanwhile)"
+    assert broker.lines[1].startswith(f"{embedded_broker.url}: CONNECTED in ")
+    assert broker.lines[2] == f"{dead}: ConnectionRefusedError: [Errno 111] Connection refused"
 
 
 # ------------------------------------------------------------------ the report text
