@@ -86,7 +86,7 @@ class Watcher:
     """What one watching connection saw."""
 
     __slots__ = ("pairs", "steady_seqs", "burst", "last_seq", "status", "done", "final", "deliveries", "stale",
-                 "last", "burst_first", "steady_first", "steady_last")
+                 "last", "burst_first", "steady_first", "steady_last", "connected", "messages")
 
     def __init__(self) -> None:
         self.pairs: list = []  # flat [done, latency, done, latency, ...] of steady events
@@ -99,6 +99,8 @@ class Watcher:
         self.deliveries = 0
         self.stale = 0  # an older state after a newer one (a client drops it)
         self.last = self.burst_first = self.steady_first = self.steady_last = None
+        self.connected = False
+        self.messages = 0  # WebSocket messages that carried events (several frames may share one)
 
     def on_body(self, body: bytes, now: float) -> None:
         found = _SEQ.search(body)
@@ -137,7 +139,8 @@ class Watcher:
         return {
             "done": _ranges(sorted(set(self.pairs[0::2]))), "seqs": _ranges(sorted(self.steady_seqs)),
             "burst": self.burst, "final": self.final.is_set(), "status": self.status, "last_done": self.done,
-            "deliveries": self.deliveries, "stale": self.stale,
+            "deliveries": self.deliveries, "stale": self.stale, "connected": self.connected,
+            "messages": self.messages,
         }
 
 
@@ -238,6 +241,8 @@ class _RawWatch(asyncio.Protocol):
                 self.transport.close()
 
     def _message(self, payload: bytes, now: float) -> None:
+        if self.watcher.steady_first is not None:
+            self.watcher.messages += 1
         if not self.stomp:
             self.watcher.on_body(payload, now)
             return
@@ -276,6 +281,7 @@ async def _raw_watch(url: str, headers: dict, destination: str | None, watcher: 
             proto.send_text(f"SUBSCRIBE\nid:0\ndestination:{destination}\nreceipt:sub\n\n\x00")
             await asyncio.wait_for(proto.ready, START_TIMEOUT)
     state.connected += 1
+    watcher.connected = True
     try:
         await state.hold.wait()
     finally:
@@ -384,7 +390,8 @@ async def run_clients(args) -> dict:
         await stop.wait()
     cpu_s, wall_s = time.process_time() - cpu0, time.monotonic() - wall0
     state.hold.set()
-    await asyncio.wait(tasks, timeout=10)
+    if tasks:
+        await asyncio.wait(tasks, timeout=10)
     if broker_hub is not None:
         await broker_hub.close()
     steady = [w for w in watchers if w.steady_seqs]
@@ -398,6 +405,7 @@ async def run_clients(args) -> dict:
         "steady_last": max((w.steady_last for w in steady), default=None),
         "burst_first": min((w.burst_first for w in watchers if w.burst_first), default=None),
         "deliveries": sum(w.deliveries for w in watchers),
+        "messages": sum(w.messages for w in watchers),
         "cpu_s": round(cpu_s, 3), "cpu_share": round(cpu_s / max(1e-6, wall_s), 3),
         "broker": _broker_summary(broker_watcher.watcher) if broker_watcher else None,
     }
@@ -672,12 +680,12 @@ def measure(mode: str, url: str, web: subprocess.Popen, procs: Procs, env: dict,
     shares = [args.watch // n_procs + (1 if i < args.watch % n_procs else 0) for i in range(n_procs)]
     expected = args.seconds + args.pause + 30
     timeout = args.seconds * 4 + 120
-    watch_procs = [
-        procs.start(f"watch{i}", client_cmd(mode, url, watch=n, job=job, session=session, origin=origin,
-                                            timeout=timeout, expected=expected), env, stdout=subprocess.PIPE, text=True)
-        for i, n in enumerate(shares)
-    ]
-    watch_ready = [read_json_line(p, "ready", START_TIMEOUT * 2) for p in watch_procs]
+    watch_procs, watch_ready = [], []
+    for i, n in enumerate(shares):  # one process connecting at a time: daphne's handshake timeout is 5 s
+        watch_procs.append(procs.start(f"watch{i}", client_cmd(mode, url, watch=n, job=job, session=session, origin=origin,
+                                                               timeout=timeout, expected=expected),
+                                       env, stdout=subprocess.PIPE, text=True))
+        watch_ready.append(read_json_line(watch_procs[-1], "ready", START_TIMEOUT * 2))
     sampler.watch("daphne", web.pid)
     sampler.watch("idle clients", idle.pid)
     for i, p in enumerate(watch_procs):
@@ -692,7 +700,8 @@ def measure(mode: str, url: str, web: subprocess.Popen, procs: Procs, env: dict,
     ended = time.time()
     sampler.stop()
 
-    watchers = [w for r in results for w in r["watchers"]]
+    # What the watchers that connected saw (those that did not are counted as errors above).
+    watchers = [w for r in results for w in r["watchers"] if w["connected"]]
     pairs = [x for r in results for x in r["pairs"]]
     latencies = pairs[1::2]
     steady_sent = int(args.rate * args.seconds)
@@ -701,6 +710,7 @@ def measure(mode: str, url: str, web: subprocess.Popen, procs: Procs, env: dict,
     steady_last = max((r["steady_last"] for r in results if r["steady_last"]), default=None)
     burst_first = min((r["burst_first"] for r in results if r["burst_first"]), default=None)
     deliveries = sum(r["deliveries"] for r in results)
+    ws_messages = sum(r["messages"] for r in results)
     steady_deliveries = len(latencies)
     first = steady_first
     cpu_all = sampler.cpu_between("daphne", first, last) if first and last else None
@@ -719,6 +729,7 @@ def measure(mode: str, url: str, web: subprocess.Popen, procs: Procs, env: dict,
         "rss_before_mib": round(rss0 / 2**20, 1), "rss_after_idle_mib": round(rss1 / 2**20, 1),
         "kib_per_idle_connection": round((rss1 - rss0) / 1024 / max(1, idle_ready["ready"]), 1),
         "steady_deliveries": steady_deliveries, "deliveries": deliveries,
+        "deliveries_per_ws_message": round(deliveries / max(1, ws_messages), 2),
         "latency_ms": _pcts(latencies),
         "steady_sent_per_watcher": steady_sent,
         "burst_sent": args.burst,
@@ -923,13 +934,16 @@ def markdown(results: dict, args) -> str:
          f"{acc(r, 'publisher_dropped', '{:.0f}')})"),
         ("- at the broker, not at a watcher / of which merged in daphne (by design: a socket 16 behind)",
          lambda r: "n/a" if "at_broker_not_at_watchers" not in r["accounting"] else
-         f"{r['accounting']['at_broker_not_at_watchers']} / {acc(r, 'merged_in_daphne', '{:.0f}')}"),
+         f"{r['accounting']['at_broker_not_at_watchers']} / "
+         f"{acc(r, 'merged_in_daphne', '{:.0f}') if r['accounting'].get('merged_in_daphne') is not None else 'n/a (no sample in the pause: a longer --pause)'}"),
         ("**steady events lost** (all watchers)", lambda r: f"**{acc(r, 'lost')}**"),
         ("burst events received per watcher (mean)", lambda r: f"{r['burst_received_mean']} of {r['burst_sent']}"),
         ("final state seen by (last state shown)",
          lambda r: f"**{r['final_state_seen_by']}** ({', '.join(r['last_status'])} {r['last_done']})"),
         ("daphne CPU per delivery, first to last delivery",
          lambda r: f"{r['cpu_us_per_delivery']} µs ({r['deliveries']} in {r['delivery_window_s']} s)"),
+        ("deliveries per WebSocket message (daphne joins what waits for a socket: more when it is behind)",
+         lambda r: r["deliveries_per_ws_message"]),
         ("daphne CPU per delivery, steady phase",
          lambda r: f"{r['cpu_us_per_steady_delivery']} µs ({r['steady_deliveries']} in {r['steady_window_s']} s)"),
         ("at the broker (direct subscriber): p50 / p99 / max, steady events received",
