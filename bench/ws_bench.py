@@ -62,7 +62,7 @@ CONNECT_CONCURRENCY = 50
 START_TIMEOUT = 60.0
 # A watchers' process ends this long after its last delivery once the producer has had time
 # to finish (the reference never delivers its final state when it drops messages).
-QUIET_END = 10.0
+QUIET_END = 30.0
 # How often CPU, load and the servers' counters are sampled during a column.
 SAMPLE_EVERY = 0.25
 # A process using this share of one core or more is saturated: what it measures is a bound.
