@@ -39,6 +39,7 @@ import os
 import sys
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -217,7 +218,10 @@ class StompConsumer(AsyncWebsocketConsumer):
         self.hub = None
         self.writes: list[bytes | str] = []  # encoded frames, sent in order by _flush_pending_writes
         self.overflowing = False
+        self.write_text: Callable[[str], bool] | None = None
         await self.accept(subprotocol)
+        # Under daphne on plain TCP, text messages skip daphne's and autobahn's per-message layers.
+        self.write_text = _daphne_text_writer(self.base_send)
         _open.add(self)
         _close_on_server_stop()
 
@@ -636,7 +640,7 @@ class StompConsumer(AsyncWebsocketConsumer):
         # The hot path (one per delivery): the subscription's escaped header lines are made
         # once at SUBSCRIBE, the body text once per broker message.
         if self.version != "1.0":
-            content_type = escape(content_type)
+            content_type = _ESCAPED.get(content_type) or _escaped(content_type)
         self.writes.append(
             f"{sub.header_prefix}message-id:{self.message_ids}\ncontent-type:{content_type}\n"
             f"content-length:{length}\n\n{text}\x00"
@@ -665,6 +669,8 @@ class StompConsumer(AsyncWebsocketConsumer):
             if self.closing:
                 return
             self.last_sent = time.monotonic()
+            if self.write_text is not None and self.write_text(data):
+                return
             # What AsyncWebsocketConsumer.send does, minus two coroutine layers per delivery.
             await self.base_send({"type": "websocket.send", "text": data})
             return
@@ -805,6 +811,78 @@ class StompConsumer(AsyncWebsocketConsumer):
         flusher = _flushers.get(asyncio.get_running_loop())
         if flusher is not None:
             flusher.ready.pop(self, None)
+
+
+# Escaped content types (a handful of distinct values), so a delivery does not escape its own.
+_ESCAPED: dict[str, str] = {}
+
+
+def _escaped(content_type: str) -> str:
+    value = escape(content_type)
+    if len(_ESCAPED) < 64:
+        _ESCAPED[content_type] = value
+    return value
+
+
+def _text_frame(text: str) -> bytes:
+    """A server's WebSocket text message in one frame: FIN and opcode 1, no mask, the shortest
+    length encoding (RFC 6455 section 5.2), then the UTF-8 payload."""
+    payload = text.encode("utf-8")
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    if n < 65536:
+        return b"\x81\x7e" + n.to_bytes(2, "big") + payload
+    return b"\x81\x7f" + n.to_bytes(8, "big") + payload
+
+
+def _daphne_text_writer(send: Any) -> Callable[[str], bool] | None:
+    """Under daphne on plain TCP, a writer of text messages straight to the socket; else None.
+
+    Each message sent through ASGI goes through daphne's reply handler, autobahn's framing and
+    Twisted's write path, which registers the socket with the event loop for writing and removes
+    it again once the reactor has sent the bytes: with 500 sockets following one item, about half of
+    daphne's CPU per delivery (py-spy, bench/RESULTS-ws.md). A server-to-client text frame is two
+    to ten bytes of header and the payload (unmasked, RFC 6455 section 5.2), so this frames it and
+    sends it at once when nothing waits in Twisted's or autobahn's buffers, leaving to Twisted only
+    what the socket did not take. It returns False (the caller then sends through ASGI) unless the
+    WebSocket is open. Anything it does not recognise exactly (another server, TLS, a compressing
+    extension, a daphne or Twisted of another shape) gets None: the ASGI path, unchanged.
+    """
+    protocol = send.args[0] if isinstance(send, functools.partial) and send.args else None
+    transport = getattr(protocol, "transport", None)
+    try:
+        from autobahn.websocket.protocol import WebSocketProtocol
+        from twisted.internet import tcp
+    except ImportError:
+        return None
+    if (
+        not isinstance(protocol, WebSocketProtocol)
+        or type(transport) is not tcp.Server
+        or getattr(protocol, "_perMessageCompress", None) is not None
+        or not all(hasattr(transport, name) for name in ("dataBuffer", "_tempDataBuffer", "socket", "disconnecting"))
+        or not hasattr(protocol, "send_queue")
+    ):
+        return None
+    sock = transport.socket
+    open_state = WebSocketProtocol.STATE_OPEN
+
+    def write(text: str) -> bool:
+        if protocol.state != open_state or transport.disconnecting or not transport.connected:
+            return False
+        data = _text_frame(text)
+        if not transport.dataBuffer and not transport._tempDataBuffer and not protocol.send_queue:
+            try:
+                sent = sock.send(data)
+            except OSError:  # full (EAGAIN) or broken: Twisted's write path takes it and sees the error
+                sent = 0
+            if sent == len(data):
+                return True
+            data = data[sent:]
+        transport.write(data)
+        return True
+
+    return write
 
 
 class _Supervisor:
