@@ -200,11 +200,13 @@ class _RawWatch(asyncio.Protocol):
         self.state.closed_by_server()
 
     def send_text(self, text: str) -> None:
-        payload = text.encode()
+        self._send(0x81, text.encode())
+
+    def _send(self, first: int, payload: bytes) -> None:
         mask = os.urandom(4)
         masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
         n = len(payload)
-        header = bytes([0x81, 0x80 | n]) if n < 126 else bytes([0x81, 0x80 | 126]) + n.to_bytes(2, "big")
+        header = bytes([first, 0x80 | n]) if n < 126 else bytes([first, 0x80 | 126]) + n.to_bytes(2, "big")
         self.transport.write(header + mask + masked)
 
     def data_received(self, data: bytes) -> None:
@@ -237,6 +239,8 @@ class _RawWatch(asyncio.Protocol):
             del buf[:pos + length]
             if opcode in (1, 2):
                 self._message(payload, now)
+            elif opcode == 9:  # daphne pings every 20 s and closes a socket that does not answer
+                self._send(0x8A, payload)
             elif opcode == 8:
                 self.transport.close()
 
