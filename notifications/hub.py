@@ -195,6 +195,10 @@ class HubStats:
     connections_opened: int = 0  # TCP connections opened (connects plus refused or remade ones)
 
 
+# A message published through the hub: (seq, destination, body, frame headers, on_confirmed).
+_Published = tuple[int, str, bytes, list[tuple[str, str]], Callable[[], None] | None]
+
+
 @dataclass
 class _BrokerSubscription:
     sub_id: str
@@ -294,9 +298,10 @@ class Hub:
         self._awaited: dict[str, _Awaited] = {}  # receipt id -> what waits for it, in sending order
         # Publishing: _outbox is not written yet (the broker is away, or the batch is being
         # gathered), _unconfirmed was written and waits for its batch's RECEIPT; both hold
-        # (seq, destination, body, headers) and together at most publish_buffer messages.
-        self._outbox: deque[tuple[int, str, bytes, list[tuple[str, str]]]] = deque()
-        self._unconfirmed: deque[tuple[int, str, bytes, list[tuple[str, str]]]] = deque()
+        # (seq, destination, body, headers, on_confirmed) and together at most publish_buffer
+        # messages.
+        self._outbox: deque[_Published] = deque()
+        self._unconfirmed: deque[_Published] = deque()
         self._publish_seq = itertools.count(1)
         self._flush_scheduled = False
         self._publish_buffer = publish_buffer
@@ -452,16 +457,27 @@ class Hub:
 
     # ----------------------------------------------------------------- publishing
 
-    def publish(self, destination: str, payload: dict | list | str | bytes, *, headers: dict | None = None) -> None:
+    def publish(
+        self,
+        destination: str,
+        payload: dict | list | str | bytes,
+        *,
+        headers: dict | None = None,
+        on_confirmed: Callable[[], None] | None = None,
+    ) -> None:
         """Send a message through this connection; buffered (bounded) while the broker is away,
         and kept until the broker's RECEIPT confirms it (re-sent after a reconnect otherwise).
+
+        ``on_confirmed`` is called once, on the loop, when a broker RECEIPT covers this message
+        (it must not block); never for a message the bounded buffer dropped or that was still
+        unconfirmed when the hub closed (the notifications outbox keeps its row until then).
 
         Call on the hub's loop (use publish_threadsafe() from other threads). Never raises for
         a broker problem; raises TypeError for a payload that cannot be sent.
         """
         body, frame_headers = encode_payload(payload, headers)
         frame_headers = [("destination", destination), *frame_headers, ("content-length", str(len(body)))]
-        self._outbox.append((next(self._publish_seq), destination, body, frame_headers))
+        self._outbox.append((next(self._publish_seq), destination, body, frame_headers, on_confirmed))
         self._bound_publish_buffer()
         if self.connected and not self._flush_scheduled:
             # Written on the next turn of the loop, with everything else published in this one,
@@ -507,18 +523,24 @@ class Hub:
                     batch.append(self._outbox.popleft())
             last_seq = batch[-1][0]
             receipt = f"hub-pub-{last_seq}"
-            for i, (seq, destination, body, headers) in enumerate(batch):
+            for i, entry in enumerate(batch):
+                headers = entry[3]
                 written = [*headers, ("receipt", receipt)] if i == len(batch) - 1 else headers
-                self._write(Frame("SEND", tuple(written), body))
-                self._unconfirmed.append((seq, destination, body, headers))
+                self._write(Frame("SEND", tuple(written), entry[2]))
+                self._unconfirmed.append(entry)
                 self.stats.published += 1
             self._awaited[receipt] = _Awaited(f"{len(batch)} SEND frames", time.monotonic(), seq=last_seq)
 
     def _confirm_published(self, seq: int) -> None:
         unconfirmed = self._unconfirmed
         while unconfirmed and unconfirmed[0][0] <= seq:
-            unconfirmed.popleft()
+            confirm = unconfirmed.popleft()[4]
             self.stats.publish_confirmed += 1
+            if confirm is not None:
+                try:
+                    confirm()
+                except Exception:
+                    logger.exception("A publish confirmation callback failed")
 
     # ----------------------------------------------------------------- connection
 
@@ -854,21 +876,34 @@ async def shutdown() -> None:
         await hub.close()
 
 
-def publish_threadsafe(destination: str, payload: dict | list | str | bytes, *, headers: dict | None = None) -> bool:
-    """Publish through the process hub from any thread; False when there is no connected hub.
+def publish_threadsafe(
+    destination: str,
+    payload: dict | list | str | bytes,
+    *,
+    headers: dict | None = None,
+    on_confirmed: Callable[[], None] | None = None,
+    connected: bool = True,
+) -> bool:
+    """Publish through the process hub from any thread; False when there is no running hub, or
+    (``connected=True``, the default) none connected now.
 
-    Used by notifications.publisher.publish_event (notify(), job events) so that a web process
-    does not open a second broker connection; on False it falls back to the publisher.
+    Used by notifications.publisher.publish_event (job events, wake-ups) and by the outbox relay
+    (notify(), durable events: with ``on_confirmed``, called on the hub's loop once a RECEIPT
+    covers the message, and ``connected=False``, since the hub buffers and re-sends while it
+    reconnects) so that a web process does not open a second broker connection; on False the
+    caller falls back to the publisher.
     """
     hub = current_hub()
-    if hub is None or not hub.connected:
+    if hub is None or (connected and not hub.connected):
         return False
     if threading.get_ident() == hub._thread_id:
-        hub.publish(destination, payload, headers=headers)
+        hub.publish(destination, payload, headers=headers, on_confirmed=on_confirmed)
         return True
     encode_payload(payload, headers)  # raise TypeError in the caller's thread, not on the loop
     try:
-        hub.loop.call_soon_threadsafe(lambda: hub.publish(destination, payload, headers=headers))
+        hub.loop.call_soon_threadsafe(
+            lambda: hub.publish(destination, payload, headers=headers, on_confirmed=on_confirmed)
+        )
     except RuntimeError:  # the loop closed in between
         return False
     return True

@@ -12,7 +12,10 @@ read-state updates. They go straight to the publisher after commit.
 How a row travels:
 1. publish_durable() writes an OutboxMessage in the caller's transaction, due for relays at
    now + NOTIFICATIONS["OUTBOX_RETRY_AFTER"].
-2. After the commit, the process that wrote it hands it to its publisher at once (no query).
+2. After the commit, the process that wrote it hands it over at once (no query): in a web
+   process whose subscription hub runs, to the hub, whose connection is then the process's only
+   one (DESIGN principle 2; the hub buffers and re-sends while it reconnects); elsewhere (a
+   worker, a shell, WSGI), and for a relay given its own publisher, to the stomp.py publisher.
 3. When the broker's RECEIPT covers every SEND of the row, the row is deleted: by the loop of a
    worker (which owns its database writes), elsewhere by a small housekeeping thread, and at exit.
 4. A row still there once due (its writer was killed, lost the broker, or exited first) is
@@ -46,6 +49,7 @@ from django.db import connections, router, transaction
 from django.utils import timezone
 
 from . import conf
+from .hub import current_hub, publish_threadsafe
 
 __all__ = [
     "Message",
@@ -98,12 +102,12 @@ def _encoded(payload: Any) -> tuple[bytes, str]:
 class RelayStats:
     """A snapshot of one process's relay counters."""
 
-    handed_off: int  # messages given to the publisher (after their commit, or claimed by recover())
+    handed_off: int  # messages given to the hub or the publisher (after their commit, or claimed by recover())
     confirmed: int  # messages whose every SEND the broker confirmed with a RECEIPT
     deleted: int  # rows deleted after their confirmation
     recovered: int  # rows claimed by recover() past their bound
     expired: int  # rows deleted unconfirmed past OUTBOX_MAX_AGE
-    unconfirmed: int  # handed off, not confirmed yet (or dropped by the publisher: a relay retries them)
+    unconfirmed: int  # handed off, not confirmed yet (or dropped by the hub or publisher: a relay retries them)
     to_delete: int  # confirmed, row not deleted yet
 
 
@@ -240,19 +244,27 @@ class Relay:
 
     def handoff(self, messages: Iterable[Message]) -> None:
         """Publish committed rows now; each is confirmed when the broker has every SEND of it.
-        Never raises: a message the publisher cannot take stays in the outbox for a relay."""
+
+        Through this process's hub while one runs (a web process), else through the publisher.
+        Never raises: a message neither can take stays in the outbox for a relay."""
         messages = list(messages)
         if not messages:
             return
         try:
-            publisher = self.publisher()
+            publisher = None
             for message in messages:
                 confirm = self._confirmation(message.id, len(message.destinations))
                 headers = {"content-type": message.content_type}
                 for destination in message.destinations:
+                    if self._publisher is None and publish_threadsafe(
+                        destination, message.body, headers=headers, on_confirmed=confirm, connected=False
+                    ):
+                        continue
+                    publisher = publisher or self.publisher()
                     publisher.publish(destination, message.body, headers=headers, on_confirmed=confirm)
         except Exception:
-            logger.exception("Outbox: could not hand %d message(s) to the publisher; a relay will retry them", len(messages))
+            logger.exception("Outbox: could not hand %d message(s) over for publishing; a relay will retry them",
+                             len(messages))
             return
         with self._lock:
             self._counts["handed_off"] += len(messages)
@@ -262,7 +274,7 @@ class Relay:
     def _confirmation(self, message_id: int, parts: int):
         remaining = [parts]
 
-        def confirmed() -> None:  # on the publisher's receiver thread: no database here
+        def confirmed() -> None:  # on the publisher's receiver thread or the hub's loop: no database here
             with self._lock:
                 remaining[0] -= 1
                 if remaining[0]:
@@ -362,8 +374,8 @@ class Relay:
         rows; with ``recover``, first publish the rows past their bound (a worker that stops).
         True when nothing handed off is left unconfirmed. Gives up at once during a known outage."""
         deadline = time.monotonic() + max(0.0, timeout)
-        publisher = self.publisher()
         if recover:
+            publisher = self.publisher()
             publisher.start()
             while not publisher.connected and publisher.stats().outages == 0 and time.monotonic() < deadline:
                 time.sleep(0.02)
@@ -371,10 +383,23 @@ class Relay:
             while time.monotonic() < deadline and self.recover(limit=batch) == batch:
                 pass
         ok = True
-        if self.stats().unconfirmed and publisher.connected:
-            ok = publisher.flush(max(0.0, deadline - time.monotonic()))
+        if self.stats().unconfirmed:
+            publisher = self._existing_publisher()  # a web process that used only its hub has none
+            if publisher is not None and publisher.connected:
+                ok = publisher.flush(max(0.0, deadline - time.monotonic()))
+            hub = current_hub() if self._publisher is None else None
+            while hub is not None and hub.connected and hub.unconfirmed and time.monotonic() < deadline:
+                time.sleep(0.02)  # the hub's loop runs in another thread: its RECEIPTs come meanwhile
         self.delete_confirmed()
         return ok and not self.stats().unconfirmed
+
+    def _existing_publisher(self) -> Any:
+        if self._publisher is not None:
+            return self._publisher
+        from . import publisher as module
+
+        made = module._publisher
+        return made if made is not None and made._pid == os.getpid() else None
 
     def stats(self) -> RelayStats:
         with self._lock:

@@ -184,7 +184,9 @@ def new_uuid() -> str:
 
 
 class Relay:
-    """127.0.0.1:port -> broker; records client frames; cut() drops, refuse/freeze simulate outages."""
+    """127.0.0.1:port -> broker; records client frames; cut() drops, refuse/freeze simulate outages;
+    hold_replies holds back what the broker sends (its RECEIPTs among them) while the client's
+    frames still reach it."""
 
     def __init__(self, host: str, port: int):
         self.target = (host, port)
@@ -194,6 +196,7 @@ class Relay:
         self.connections = 0
         self.refuse = False
         self.frozen = False
+        self.hold_replies = False
         self._pipes: set[asyncio.Task] = set()
         self._writers: set[asyncio.StreamWriter] = set()
 
@@ -213,7 +216,7 @@ class Relay:
         async def pipe(src, dst, record: bool):
             try:
                 while data := await src.read(65536):
-                    while self.frozen:
+                    while self.frozen or (self.hold_replies and not record):
                         await asyncio.sleep(0.01)
                     if record:
                         parser.receive_data(data)

@@ -300,6 +300,60 @@ async def test_a_message_to_the_hubs_own_subscription_arrives_once_and_its_recei
     assert ([e.data for e in listener.events], hub.stats.publish_confirmed, hub.stats.connects) == ([{"own": True}], 1, 1)
 
 
+async def wait_until(predicate, timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+
+async def test_a_publish_is_confirmed_once_the_brokers_receipt_covers_it_and_not_before(hub, relay):
+    confirmed = []
+    relay.hold_replies = True  # the SEND reaches the broker, its RECEIPT waits in the relay
+    hub.publish("/topic/test.confirm", {"n": 1}, on_confirmed=lambda: confirmed.append("n1"))
+    await wait_until(lambda: relay.commands("SEND", "/topic/test.confirm"))
+    await asyncio.sleep(0.3)  # long enough for a confirmation that did not wait for the RECEIPT
+    before_receipt = list(confirmed)
+    relay.hold_replies = False
+    await wait_until(lambda: confirmed)
+    await asyncio.sleep(0.2)
+    [send] = relay.commands("SEND", "/topic/test.confirm")
+    assert (before_receipt, confirmed, send.get("receipt", "").startswith("hub-pub-")) == ([], ["n1"], True)
+
+
+async def test_a_message_sent_again_after_a_reconnect_is_confirmed_once(hub, relay):
+    confirmed = []
+    relay.hold_replies = True
+    hub.publish("/topic/test.confirm.again", {"n": 1}, on_confirmed=lambda: confirmed.append("n1"))
+    await wait_until(lambda: relay.commands("SEND", "/topic/test.confirm.again"))
+    relay.cut()  # the connection ends before the RECEIPT came: the hub sends it again
+    relay.hold_replies = False
+    await wait_until(lambda: confirmed, timeout=15)
+    await asyncio.sleep(0.3)
+    assert (confirmed, len(relay.commands("SEND", "/topic/test.confirm.again")), hub.stats.publish_resent) == (
+        ["n1"], 2, 1,
+    )
+
+
+async def test_a_message_the_full_publish_buffer_dropped_is_never_confirmed(relay, every_stomp_broker_url):
+    hub = Hub(via(relay, every_stomp_broker_url), publish_buffer=2, reconnect_min=0.05, reconnect_max=0.3)
+    hub.start()
+    try:
+        assert await hub.wait_connected(15)
+        relay.refuse = True
+        relay.cut()
+        await wait_until(lambda: not hub.connected)
+        confirmed = []
+        for n in (1, 2, 3):
+            hub.publish("/topic/test.confirm.dropped", {"n": n}, on_confirmed=lambda n=n: confirmed.append(n))
+        relay.refuse = False
+        assert await hub.wait_connected(15)
+        await wait_until(lambda: not hub.unconfirmed, timeout=10)
+        await asyncio.sleep(0.2)
+    finally:
+        await hub.close()
+    assert (confirmed, hub.stats.publish_dropped, hub.stats.publish_confirmed) == ([2, 3], 1, 2)
+
+
 async def test_a_burst_of_publishes_far_larger_than_4_KiB_arrives_whole_on_one_connection(hub, sender):
     # CoilMQ drops a connection when a frame straddles two of its 4 KiB reads.
     listener = Recorder()

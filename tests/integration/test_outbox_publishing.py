@@ -95,3 +95,61 @@ def test_live_publish_with_durable_goes_through_the_outbox(broker, subscriber):
     assert rows == [([destination], {"order": 7})]
     assert subscriber.wait_until(lambda evs: len(evs) >= 1) == [(destination, {"order": 7})]
     assert wait_until_no_rows() == 0
+
+
+async def test_a_web_process_publishes_a_durable_event_on_its_hubs_one_connection_and_the_row_goes_after_the_receipt(
+    stomp_broker_url, settings
+):
+    # A view's durable event (here live.publish(..., durable=True), as notify() and a cancelled
+    # job's final event) in a web process whose hub runs: no second broker connection (DESIGN
+    # principle 2), and the outbox row is deleted only once the broker's RECEIPT reached the hub.
+    import asyncio
+
+    from asgiref.sync import sync_to_async
+
+    from notifications import hub as hub_module
+    from notifications import live
+    from notifications.conf import parse_broker_url
+    from tests.integration.stomp_ws_support import Relay, via
+
+    target = parse_broker_url(stomp_broker_url)
+    relay = Relay(target.host, target.port)
+    await relay.start()
+    settings.NOTIFICATIONS = {**settings.NOTIFICATIONS, "BROKER_URL": via(relay, stomp_broker_url),
+                              "RECONNECT_MIN": 0.05, "RECONNECT_MAX": 0.2}
+    publisher_module._publisher = None
+    destination = f"/topic/outbox-test.{uuid.uuid4().hex}"
+    subscriber = await asyncio.to_thread(Subscriber, stomp_broker_url)  # straight to the broker
+    process_hub = hub_module.get_hub()
+    rows = sync_to_async(OutboxMessage.objects.count)
+    try:
+        await asyncio.to_thread(subscriber.subscribe, destination)
+        assert await process_hub.wait_connected(15)
+        relay.hold_replies = True  # the broker gets the SEND; its RECEIPT waits in the relay
+
+        def view_code() -> None:
+            with transaction.atomic():
+                live.publish(destination, {"order": 12, "state": "paid"}, durable=True)
+
+        await sync_to_async(view_code)()
+        events = await asyncio.to_thread(subscriber.wait_until, lambda evs: len(evs) >= 1)
+        async with asyncio.timeout(5):
+            while not relay.commands("SEND", destination):
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.3)  # long enough for a row deleted without waiting for the RECEIPT to go
+        rows_before_receipt = await rows()
+        relay.hold_replies = False
+        async with asyncio.timeout(10):
+            while await rows():
+                await asyncio.sleep(0.02)
+        assert (events, rows_before_receipt) == ([(destination, {"order": 12, "state": "paid"})], 1)
+        [send] = relay.commands("SEND", destination)
+        assert send.get("receipt", "").startswith("hub-pub-")
+        # Every connection the relay saw is the hub's, and no publisher was made.
+        assert (relay.connections, process_hub.stats.connects, publisher_module._publisher) == (
+            process_hub.stats.connections_opened, 1, None,
+        )
+    finally:
+        await hub_module.shutdown()
+        await asyncio.to_thread(subscriber.close)
+        await relay.close()
