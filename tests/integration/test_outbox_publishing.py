@@ -105,7 +105,7 @@ async def test_a_web_process_publishes_a_durable_event_on_its_hubs_one_connectio
     # principle 2), and the outbox row is deleted only once the broker's RECEIPT reached the hub.
     import asyncio
 
-    from asgiref.sync import sync_to_async
+    from channels.db import database_sync_to_async
 
     from notifications import hub as hub_module
     from notifications import live
@@ -121,7 +121,7 @@ async def test_a_web_process_publishes_a_durable_event_on_its_hubs_one_connectio
     destination = f"/topic/outbox-test.{uuid.uuid4().hex}"
     subscriber = await asyncio.to_thread(Subscriber, stomp_broker_url)  # straight to the broker
     process_hub = hub_module.get_hub()
-    rows = sync_to_async(OutboxMessage.objects.count)
+    rows = database_sync_to_async(OutboxMessage.objects.count)
     try:
         await asyncio.to_thread(subscriber.subscribe, destination)
         assert await process_hub.wait_connected(15)
@@ -131,7 +131,7 @@ async def test_a_web_process_publishes_a_durable_event_on_its_hubs_one_connectio
             with transaction.atomic():
                 live.publish(destination, {"order": 12, "state": "paid"}, durable=True)
 
-        await sync_to_async(view_code)()
+        await database_sync_to_async(view_code)()
         events = await asyncio.to_thread(subscriber.wait_until, lambda evs: len(evs) >= 1)
         async with asyncio.timeout(5):
             while not relay.commands("SEND", destination):
