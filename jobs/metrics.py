@@ -3,10 +3,10 @@
 Every process counts what happens in it: jobs enqueued (any process), started, succeeded,
 failed, cancelled and retried and their durations (workers), by task and queue, from Django's
 task signals (task_enqueued, task_started, task_finished) and the worker's retry hook; plus
-this process's publisher, hub, WebSocket endpoint and CPU/memory (notifications.metrics and
-prometheus_client's process collectors). Web processes serve them at /ops/metrics together with
+this process's publisher, hub, WebSocket endpoint, outbox relay and CPU/memory (notifications.metrics
+and prometheus_client's process collectors). Web processes serve them at /ops/metrics together with
 gauges read from the database at each scrape (queue depth and oldest READY age per queue, jobs
-per state, workers per state and alive), which are the same whichever process answers; workers
+per state, workers per state and alive, the outbox's backlog), which are the same whichever process answers; workers
 serve their own with `jobworker --metrics-port`. So Prometheus scrapes every process and sums:
 ``sum by (task, queue) (rate(jobs_succeeded_total[5m]))``, and takes the database gauges from any
 one web process: ``max by (queue) (jobs_queue_depth)``. (prometheus_client's multiprocess mode is
@@ -43,7 +43,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
-from notifications.metrics import live_collectors
+from notifications.metrics import OutboxBacklogCollector, live_collectors
 
 from . import conf
 
@@ -183,10 +183,11 @@ class _Exposed(Collector):
     def collect(self) -> Iterator[Metric]:
         yield from REGISTRY.collect()
         if self.database:
-            try:
-                yield from DatabaseCollector().collect()
-            except Exception:
-                logger.exception("Could not read the database gauges")
+            for collector in (DatabaseCollector(), OutboxBacklogCollector()):
+                try:
+                    yield from collector.collect()
+                except Exception:
+                    logger.exception("Could not read the database gauges (%s)", type(collector).__name__)
 
 
 def exposition(accept: str = "", *, database: bool = True) -> tuple[bytes, str]:

@@ -2,9 +2,11 @@
 
 Nothing here counts anything itself: at each scrape the collectors read this process's
 publisher (PublisherStats), hub (HubStats), WebSocket consumers (ConsumerStats and the open
-sockets) and, where one runs in this process, the embedded broker (BrokerStats and its queues).
-A part this process does not have is simply absent from the output (a scrape never starts a
-publisher or a hub). Register them on any prometheus_client registry:
+sockets), outbox relay (RelayStats) and, where one runs in this process, the embedded broker
+(BrokerStats and its queues). A part this process does not have is simply absent from the
+output (a scrape never starts a publisher, a hub or a relay). OutboxBacklogCollector is the one
+that reads the database (the outbox table: the same from every process). Register them on any
+prometheus_client registry:
 
     registry.register(PublisherCollector()); registry.register(HubCollector()); ...
 """
@@ -18,8 +20,8 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["PublisherCollector", "HubCollector", "ConsumerCollector", "BrokerCollector", "live_collectors",
-           "serve_broker_metrics"]
+__all__ = ["PublisherCollector", "HubCollector", "ConsumerCollector", "OutboxCollector", "OutboxBacklogCollector",
+           "BrokerCollector", "live_collectors", "serve_broker_metrics"]
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +107,54 @@ class ConsumerCollector(Collector):
                        getattr(stats, "snapshots_truncated", 0))
 
 
+class OutboxCollector(Collector):
+    """notifications_outbox_*: this process's outbox relay (notifications.outbox): durable messages
+    it wrote, handed over, saw confirmed, deleted, published again and expired. Absent until the
+    process used the outbox."""
+
+    def collect(self) -> Iterator[Metric]:
+        from . import outbox
+
+        relay = getattr(outbox, "_relay", None)  # never create one just to be scraped
+        if relay is None or getattr(relay, "_pid", None) != os.getpid():
+            return
+        stats = relay.stats()
+        for field, name, doc in (
+            ("written", "written", "Outbox rows this process wrote (their transaction committed)."),
+            ("handed_off", "published", "Outbox messages handed to the hub or the publisher, retries included."),
+            ("confirmed", "confirmed", "Outbox messages whose every SEND a broker RECEIPT confirmed."),
+            ("deleted", "deleted", "Outbox rows deleted after their confirmation."),
+            ("recovered", "retried", "Overdue outbox rows this process claimed and published again."),
+            ("expired", "expired", "Outbox rows deleted unconfirmed past OUTBOX_MAX_AGE."),
+        ):
+            yield _counter(f"notifications_outbox_{name}", doc, getattr(stats, field))
+        yield _gauge("notifications_outbox_unconfirmed",
+                     "Outbox messages handed over and not confirmed (dropped ones stay until a relay retries them).",
+                     stats.unconfirmed)
+
+
+class OutboxBacklogCollector(Collector):
+    """notifications_outbox_pending, _overdue, _oldest_age_seconds: the outbox table, read at each
+    scrape (the same from every process that reads it: the web endpoint's database gauges)."""
+
+    def collect(self) -> Iterator[Metric]:
+        from django.db.models import Count, Min, Q
+        from django.utils import timezone
+
+        from .models import OutboxMessage
+
+        now = timezone.now()
+        row = OutboxMessage.objects.aggregate(
+            pending=Count("id"), overdue=Count("id", filter=Q(available_at__lte=now)), oldest=Min("created")
+        )
+        age = max(0.0, (now - row["oldest"]).total_seconds()) if row["oldest"] is not None else 0.0
+        yield _gauge("notifications_outbox_pending", "Outbox rows waiting for their broker confirmation (all processes).",
+                     row["pending"])
+        yield _gauge("notifications_outbox_overdue",
+                     "Outbox rows past their bound, for a worker's relay to publish again.", row["overdue"])
+        yield _gauge("notifications_outbox_oldest_age_seconds", "Age of the oldest outbox row (0 with none).", age)
+
+
 class BrokerCollector(Collector):
     """notifications_broker_*: an embedded broker running in this process. ``source`` returns
     (BrokerStats, {queue name: messages waiting}), e.g. through BrokerThread.call()."""
@@ -146,7 +196,7 @@ class BrokerCollector(Collector):
 
 def live_collectors() -> list[Collector]:
     """The collectors every process of the live layer registers (the broker's is separate)."""
-    return [PublisherCollector(), HubCollector(), ConsumerCollector()]
+    return [PublisherCollector(), HubCollector(), ConsumerCollector(), OutboxCollector()]
 
 
 # How long a scrape waits for the broker's loop to read its stats.

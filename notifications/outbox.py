@@ -100,8 +100,9 @@ def _encoded(payload: Any) -> tuple[bytes, str]:
 
 @dataclass(frozen=True)
 class RelayStats:
-    """A snapshot of one process's relay counters."""
+    """A snapshot of one process's relay counters (exported as notifications_outbox_*)."""
 
+    written: int  # rows this process wrote whose transaction committed
     handed_off: int  # messages given to the hub or the publisher (after their commit, or claimed by recover())
     confirmed: int  # messages whose every SEND the broker confirmed with a RECEIPT
     deleted: int  # rows deleted after their confirmation
@@ -158,7 +159,7 @@ def publish_durable_many(
     due = now + timedelta(seconds=float(conf.get("OUTBOX_RETRY_AFTER")))
     ids = _insert_rows(db, [(names, body.decode("utf-8"), content_type, now, due) for names, body, content_type in checked])
     messages = [Message(pk, tuple(names), body, content_type) for pk, (names, body, content_type) in zip(ids, checked)]
-    transaction.on_commit(lambda: get_relay().handoff(messages), using=db)
+    transaction.on_commit(lambda: get_relay().handoff(messages, written=True), using=db)
     return ids
 
 
@@ -231,7 +232,7 @@ class Relay:
         self._attached = 0
         self._next_prune = 0.0
         self._pid = os.getpid()
-        self._counts = dict.fromkeys(("handed_off", "confirmed", "deleted", "recovered", "expired"), 0)
+        self._counts = dict.fromkeys(("written", "handed_off", "confirmed", "deleted", "recovered", "expired"), 0)
 
     # -------------------------------------------------------------- publishing
 
@@ -242,14 +243,18 @@ class Relay:
 
         return get_publisher()
 
-    def handoff(self, messages: Iterable[Message]) -> None:
+    def handoff(self, messages: Iterable[Message], *, written: bool = False) -> None:
         """Publish committed rows now; each is confirmed when the broker has every SEND of it.
+        ``written``: this process has just committed them (counted as written).
 
         Through this process's hub while one runs (a web process), else through the publisher.
         Never raises: a message neither can take stays in the outbox for a relay."""
         messages = list(messages)
         if not messages:
             return
+        if written:
+            with self._lock:
+                self._counts["written"] += len(messages)
         try:
             publisher = None
             for message in messages:

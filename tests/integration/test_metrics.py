@@ -166,6 +166,67 @@ def test_the_embedded_broker_collector_reports_connections_messages_and_queue_de
     assert s[("notifications_broker_queue_depth", ("queue", "/queue/ops.waiting"))] == 3
 
 
+@pytest.fixture
+def fresh_relay(settings, embedded_broker):
+    """This process's outbox relay and publisher made anew, on the embedded broker."""
+    from notifications import outbox
+    from notifications import publisher as publisher_module
+
+    settings.NOTIFICATIONS = {"BROKER_URL": embedded_broker.url, "RECONNECT_MIN": 0.05, "RECONNECT_MAX": 0.2}
+    publisher_module._publisher, outbox._relay = None, None
+    yield outbox.get_relay()
+    made, publisher_module._publisher, outbox._relay = publisher_module._publisher, None, None
+    if made is not None:
+        made.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_outbox_counters_and_backlog_are_scraped_and_match_the_table(settings, fresh_relay):
+    from datetime import timedelta
+
+    from django.db import transaction
+    from django.utils import timezone
+
+    from notifications import outbox
+    from notifications.models import OutboxMessage
+
+    settings.DEBUG = True
+    with transaction.atomic():  # written here, published, confirmed and deleted
+        outbox.publish_durable_many([("/topic/metrics.outbox", {"n": n}) for n in range(3)])
+    wait_for(lambda: fresh_relay.stats().deleted == 3, 15, "three rows confirmed and deleted")
+    # Left behind by a process that died: two overdue, one not due yet, one past OUTBOX_MAX_AGE (1 day).
+    now = timezone.now()
+    OutboxMessage.objects.bulk_create([
+        OutboxMessage(destinations=["/topic/metrics.outbox"], body='{"n":%d}' % n, created=now - timedelta(seconds=age),
+                      available_at=now + timedelta(seconds=due))
+        for n, age, due in ((3, 90_000, -90_000), (4, 120, -110), (5, 60, -50), (6, 5, 30))
+    ])
+    assert fresh_relay.prune() == 1
+    s = samples(scrape()[1])
+    table = OutboxMessage.objects.count()
+    assert (table, s[("notifications_outbox_pending",)]) == (3, 3)
+    assert s[("notifications_outbox_overdue",)] == 2
+    assert 120 <= s[("notifications_outbox_oldest_age_seconds",)] < 300
+    assert [s[(f"notifications_outbox_{name}_total",)] for name in
+            ("written", "published", "confirmed", "deleted", "retried", "expired")] == [3, 3, 3, 3, 0, 1]
+
+    assert fresh_relay.recover() == 2  # a worker's relay publishes the overdue rows again
+    wait_for(lambda: fresh_relay.stats().deleted == 5, 15, "the two retried rows confirmed and deleted")
+    s = samples(scrape()[1])
+    assert (OutboxMessage.objects.count(), s[("notifications_outbox_pending",)]) == (1, 1)
+    assert s[("notifications_outbox_overdue",)] == 0
+    assert 5 <= s[("notifications_outbox_oldest_age_seconds",)] < 60
+    assert [s[(f"notifications_outbox_{name}_total",)] for name in
+            ("written", "published", "confirmed", "deleted", "retried", "expired")] == [3, 5, 5, 5, 2, 1]
+    assert s[("notifications_outbox_unconfirmed",)] == 0
+
+
+def test_the_outbox_backlog_of_an_empty_table_is_zero(settings):
+    settings.DEBUG = True
+    s = samples(scrape()[1])
+    assert [s[(f"notifications_outbox_{name}",)] for name in ("pending", "overdue", "oldest_age_seconds")] == [0, 0, 0]
+
+
 # A real worker process, scraped during a run ---------------------------------------------------------
 
 ENQUEUE_RUN = """
