@@ -10,6 +10,7 @@ database. Everything runs on the event loop: no thread, no blocking call.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import itertools
 import json
 import logging
@@ -347,7 +348,10 @@ class Hub:
             return
         self.loop = asyncio.get_running_loop()
         self._thread_id = threading.get_ident()
-        self._task = self.loop.create_task(self._run(), name=f"stomp-hub {self.url}")
+        # A context of its own, not the caller's: the hub outlives the request or socket that
+        # started it, and what it calls back (a consumer's resync after an outage, which reads
+        # the database) must not find that caller's finished thread-sensitive executor there.
+        self._task = self.loop.create_task(self._run(), name=f"stomp-hub {self.url}", context=contextvars.Context())
 
     async def wait_connected(self, timeout: float) -> bool:
         """True once connected (and resubscribed), False after ``timeout`` seconds."""
