@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from tests.browser.conftest import browser  # noqa: F401 - the same Chromium fixture, package-scoped here
 from tests.conftest import service_missing
 
 from .deployment import USERS, Deployment, drop_postgres_database, nginx_missing, postgres_database
@@ -27,23 +28,6 @@ def postgres_base_url() -> str:
     except Exception as exc:  # noqa: BLE001 - any failure to connect means the service is missing
         service_missing(f"PostgreSQL not reachable at TEST_POSTGRES_URL: {exc}")
     return url
-
-
-@pytest.fixture(scope="package")
-def browser():
-    from tests.browser.conftest import CHROMIUM_ARGS, chromium_path
-
-    path = chromium_path()
-    if path is None:
-        service_missing("Chromium not found (install Debian's chromium or set CHROMIUM_PATH)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=path, args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 @pytest.fixture(scope="module", params=["rabbitmq", "activemq"])
@@ -67,23 +51,29 @@ def deployment(request, tmp_path_factory):
         drop_postgres_database(base_db, database)
 
 
+def log_in(browser, deployment, username: str):
+    """A fresh browser context on the deployment's https:// address (its certificate is the
+    run's own) and a page of it logged in as ``username``."""
+    context = browser.new_context(base_url=deployment.url, ignore_https_errors=True)
+    context.set_default_timeout(30_000)
+    page = context.new_page()
+    page.goto("/login/")
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", PASSWORDS[username])
+    page.click("form button[type=submit]")
+    page.wait_for_url(lambda url: "/login/" not in url)
+    return context, page
+
+
 @pytest.fixture
 def new_page(browser, deployment):
-    """new_page(user) -> a page of a fresh browser context on the deployment's https:// address
-    (its certificate is this run's own), logged in as ``user``, parked on about:blank so it holds
-    no socket until the test opens a page."""
+    """new_page(user) -> a page logged in as ``user`` (log_in), parked on about:blank so it
+    holds no socket until the test opens a page."""
     contexts = []
 
     def make(username: str):
-        context = browser.new_context(base_url=deployment.url, ignore_https_errors=True)
-        context.set_default_timeout(30_000)
+        context, page = log_in(browser, deployment, username)
         contexts.append(context)
-        page = context.new_page()
-        page.goto("/login/")
-        page.fill("input[name=username]", username)
-        page.fill("input[name=password]", PASSWORDS[username])
-        page.click("form button[type=submit]")
-        page.wait_for_url(lambda url: "/login/" not in url)
         page.goto("about:blank")
         return page
 

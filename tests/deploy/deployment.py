@@ -299,6 +299,7 @@ class Deployment:
     settings: str = "tests.deploy.settings"
     log_level: str = "WARNING"
     nginx_connections: int = 1024
+    extra_env: dict[str, str] = field(default_factory=dict)
     web_ports: list[int] = field(default_factory=list)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     nginx: Nginx | None = None
@@ -332,17 +333,14 @@ class Deployment:
             "DJANGO_LOG_LEVEL": self.log_level,
             "PYTHONUNBUFFERED": "1",
         })
+        env.update(self.extra_env)
         return env
 
     def manage(self, *args: str, timeout: float = 180.0) -> str:
         """Run a management command to completion; its stdout (RuntimeError with its output if it fails)."""
-        done = subprocess.run(
-            [sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, capture_output=True, text=True,
-            timeout=timeout,
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"manage.py {' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
-        return done.stdout
+        from tests.browser.stack import manage
+
+        return manage(self.env, *args, timeout=timeout).stdout
 
     def shell(self, code: str) -> str:
         """Python in a separate `manage.py shell` process of this deployment."""
@@ -447,6 +445,15 @@ class Deployment:
                 restarted = True
         self.wait_healthy()
         return restarted
+
+    def errors(self) -> list[str]:
+        """ERROR and CRITICAL lines the web processes and workers logged."""
+        return [
+            f"{path.stem}: {line}"
+            for path in sorted(self.logs_dir.glob("*.log"))
+            for line in path.read_text(errors="replace").splitlines()
+            if " ERROR " in line or " CRITICAL " in line
+        ]
 
     def logs(self, tail: int = 3000) -> str:
         out = []
