@@ -37,12 +37,11 @@ logger = logging.getLogger(__name__)
 # Events carry only the tail of the log: a page shows the last lines, the row keeps more.
 EVENT_LOG_ENTRIES = 20
 
-# What a finished job tells its owner, by final status: (level, title template).
-_NOTIFY = {
-    "SUCCESSFUL": ("success", "{name} finished"),
-    "FAILED": ("error", "{name} failed"),
-    "CANCELLED": ("warning", "{name} was cancelled"),
-}
+# The level of what a finished job tells its owner, by final status. The title is the job's name
+# and the word every page shows for its state (jobs.vocabulary): "Debug report: Successful".
+_NOTIFY_LEVELS = {"SUCCESSFUL": "success", "FAILED": "error", "CANCELLED": "warning"}
+# Notification.title's max_length.
+TITLE_LENGTH = 200
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -149,7 +148,13 @@ def outbox_installed() -> bool:
 
 def owner_notification(job: Job) -> dict[str, str]:
     """What a finished job tells its owner: the fields of notifications.api.notify()."""
-    level, title = _NOTIFY[str(job.status)]
+    from .vocabulary import label
+
+    level = _NOTIFY_LEVELS[str(job.status)]
+    word = label(job.status)
+    name = job.display_name
+    if len(name) + len(word) + 2 > TITLE_LENGTH:  # a long name is cut, never the state's word
+        name = name[:TITLE_LENGTH - len(word) - 3] + "…"
     if job.status == "SUCCESSFUL":
         text = job.message or "Done."
     else:
@@ -162,7 +167,7 @@ def owner_notification(job: Job) -> dict[str, str]:
             link = reverse("jobs:detail", args=[job.pk])
         except Exception:
             link = ""
-    return {"title": title.format(name=job.display_name)[:200], "text": (text or "")[:1000], "level": level, "link": link}
+    return {"title": f"{name}: {word}", "text": (text or "")[:1000], "level": level, "link": link}
 
 
 def promise_final(jobs: list[Job]) -> bool:

@@ -74,8 +74,8 @@ cancelled = make(alice, "Debug report", status="CANCELLED", started_at=now - tim
 theirs = make(bob, "Nightly export of the customer ledger for the finance department",
               status="RUNNING", started_at=now - timedelta(seconds=30), heartbeat_at=now, attempts=1,
               progress_done=1200, progress_total=5000, message="row 1200 of 5000", worker_id="screens-1")
-notify(alice, title="Debug report finished", text="Report ready", level="success", link=f"/jobs/{done.pk}/download/")
-notify(alice, title="Debug report failed", text="[Errno 28] No space left on device", level="error",
+notify(alice, title="Debug report: Successful", text="Report ready", level="success", link=f"/jobs/{done.pk}/download/")
+notify(alice, title="Debug report: Failed", text="[Errno 28] No space left on device", level="error",
        link=f"/jobs/{failed.pk}/")
 notify(alice, title="Maintenance tonight at 22:00", text="The site may be slow for ten minutes.", level="warning")
 print(json.dumps({"ready": str(ready.pk), "running": str(running.pk), "starting": str(starting.pk),
@@ -100,7 +100,7 @@ def _show_toasts(page) -> None:
     page.evaluate(
         """() => {
           const ln = window.liveNotifications;
-          ln.toast({ id: 990001, level: 'success', title: 'Debug report finished', text: 'Report ready',
+          ln.toast({ id: 990001, level: 'success', title: 'Debug report: Successful', text: 'Report ready',
                      link: '/jobs/00000000-0000-0000-0000-000000000000/download/' });
           ln.toast({ id: 990002, level: 'error', title: 'Debug report failed',
                      text: '[Errno 28] No space left on device', link: '/jobs/' });

@@ -185,7 +185,7 @@ def test_a_second_user_neither_sees_nor_can_subscribe_to_the_first_users_job(new
     expect(alice.locator(f'[data-job-id="{job_id}"]')).to_have_attribute(
         "data-status", "SUCCESSFUL", timeout=JOB_TIMEOUT_MS
     )
-    expect(alice.locator(".ln-toast")).to_have_count(1)  # Alice's own "finished" notification
+    expect(alice.locator(".ln-toast")).to_have_count(1)  # Alice's own "Debug report: Successful" notification
 
     assert bob.evaluate("window.__denied") == [f"/topic/jobs.{job_id}"]
     assert bob.evaluate("window.__got") == []

@@ -200,7 +200,7 @@ def test_a_toast_in_the_admin_keeps_its_own_look_and_its_download_link_is_readab
     page.goto("/admin/jobs/job/")
     expect(page.locator("[data-live-notifications]")).to_have_attribute("data-live", "ready")
 
-    notify(stack, "admin", title="Debug report finished", text="Report ready", level="success",
+    notify(stack, "admin", title="Debug report: Successful", text="Report ready", level="success",
            link=f"/jobs/{ids['done']}/download/")
 
     toast = page.locator(".ln-toast")

@@ -1065,7 +1065,7 @@ class ChaosRun:
         for pk, title, link in notes:
             job = next((j for j in self.ids if j in (link or "")), None)
             if job is None:
-                job = names.get(title.split(" ", 1)[0])
+                job = names.get(title.rsplit(": ", 1)[0])  # "chaos-12: Successful"
             if job is not None:
                 by_job[job].append(pk)
         final = [j for j in self.ids if j in jobs and jobs[j]["status"] in FINAL_STATUSES]

@@ -370,7 +370,7 @@ def test_the_owner_is_notified_when_their_job_ends():
     enqueue_for(user, jobs_tasks.always_fail)
     run_burst()
     note = Notification.objects.get(recipient=user)
-    assert (note.level, note.title, note.text) == ("error", "Always fail failed", "always fails")
+    assert (note.level, note.title, note.text) == ("error", "Always fail: Failed", "always fails")
 
 
 def test_a_result_file_gives_the_event_a_download_link(settings, tmp_path):

@@ -91,7 +91,7 @@ def test_a_worker_killed_right_after_a_jobs_final_commit_loses_neither_its_notif
                 victim.kill()
         assert runs_in(str(runs)) == [job_id]
         assert job_status(db, job_id) == "SUCCESSFUL"
-        assert notifications_of(db, int(user_id)) == [("Record run finished", "success")]
+        assert notifications_of(db, int(user_id)) == [("Record run: Successful", "success")]
         assert outbox_rows(db) == 2  # the final event and the notification's event, unconfirmed
 
         time.sleep(RETRY_AFTER + 0.5)  # the rows are now overdue for any relay
@@ -104,7 +104,7 @@ def test_a_worker_killed_right_after_a_jobs_final_commit_loses_neither_its_notif
     final = [e for d, e in events if d == job_destinations.job(job_id) and e.get("final")]
     toast = [e for d, e in events if e.get("type") == "notification"]
     assert (final[0]["id"], final[0]["status"]) == (job_id, "SUCCESSFUL")
-    assert (toast[0]["title"], toast[0]["unread"]) == ("Record run finished", 1)
+    assert (toast[0]["title"], toast[0]["unread"]) == ("Record run: Successful", 1)
     assert outbox_rows(db) == 0  # confirmed by the broker, then deleted
     assert runs_in(str(runs)) == [job_id]  # the rescuer published; it did not run the job again
 
@@ -142,6 +142,6 @@ def test_a_worker_with_a_working_broker_leaves_no_outbox_rows_behind(db, embedde
     worker = start_worker(env, tmp_path, "tidy", "--burst")
     assert worker.wait(PROCESS_TIMEOUT) == 0, (tmp_path / "tidy.log").read_text()[-3000:]
     assert (job_status(db, job_id), notifications_of(db, int(user_id))) == (
-        "SUCCESSFUL", [("Record run finished", "success")])
+        "SUCCESSFUL", [("Record run: Successful", "success")])
     assert outbox_rows(db) == 0
     assert "Outbox" not in Path(tmp_path / "tidy.log").read_text()  # nothing was retried or left

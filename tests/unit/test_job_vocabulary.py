@@ -73,3 +73,22 @@ def test_the_debug_reports_settings_summary_has_no_parenthesised_plural(settings
     settings.SECRET_KEY = "insecure-short"  # two: too short, and a development key
     summary = _section_settings().summary
     assert summary == "3 settings problems"
+
+
+@pytest.mark.parametrize(
+    "status, title, level",
+    [("SUCCESSFUL", "Debug report: Successful", "success"), ("FAILED", "Debug report: Failed", "error"),
+     ("CANCELLED", "Debug report: Cancelled", "warning")],
+)
+def test_a_finished_jobs_notification_is_titled_with_its_name_and_the_word_for_its_state(status, title, level):
+    from jobs.events import owner_notification
+
+    note = owner_notification(make(name="Debug report", status=status))
+    assert (note["title"], note["level"]) == (title, level)
+
+
+def test_a_long_job_name_is_cut_in_the_notification_title_but_never_the_word_for_its_state():
+    from jobs.events import owner_notification
+
+    title = owner_notification(make(name="x" * 199, status="FAILED"))["title"]
+    assert (len(title), title[-12:]) == (200, "xxx…: Failed")
