@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import functools
 import json
 import math
 import os
@@ -501,13 +502,16 @@ def wait_port(port: int, proc: subprocess.Popen) -> None:
 
 
 class Procs:
-    def __init__(self, logdir: Path) -> None:
+    def __init__(self, logdir: Path, nice: int = 0) -> None:
         self.logdir = logdir
+        self.nice = nice
         self.procs: list[subprocess.Popen] = []
 
     def start(self, name: str, cmd: list[str], env: dict, **kw) -> subprocess.Popen:
         log = open(self.logdir / f"{name}.log", "wb")
         kw.setdefault("stdout", log)
+        if self.nice:
+            kw["preexec_fn"] = functools.partial(os.nice, self.nice)
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=log, **kw)
         self.procs.append(proc)
         return proc
@@ -826,7 +830,7 @@ def _broker_side(broker: dict | None, pairs: list) -> dict | None:
 def run_ours(args, workdir: Path) -> dict:
     var = workdir / "ours"
     var.mkdir()
-    procs = Procs(var)
+    procs = Procs(var, args.nice)
     broker_port, web_port, metrics_port = free_port(), free_port(), free_port()
     env = dict(os.environ)
     env.update({
@@ -875,7 +879,7 @@ def run_ours(args, workdir: Path) -> dict:
 def run_reference(args, workdir: Path) -> dict:
     var = workdir / "reference"
     var.mkdir()
-    procs = Procs(var)
+    procs = Procs(var, args.nice)
     web_port = free_port()
     job = str(uuid.uuid4())
     env = dict(os.environ)
@@ -1000,6 +1004,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--burst", type=int, default=2000)
     parser.add_argument("--ref-socket-timeout", default="none",
                         help="redis-py socket_timeout for the reference (default none; redis-py's own default is 5)")
+    parser.add_argument("--nice", type=int, default=0,
+                        help="run every process of the benchmark at this niceness (e.g. -10: as if the machine were "
+                             "quiet, on a machine shared with others; both columns alike; say so with the figures)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     if args.command == "clients":
