@@ -26,7 +26,9 @@ enqueueing process), and which side was the bottleneck. Every job must run exact
 job appends its number to a file and the benchmark counts each number. Finally one job calls
 jobs.progress.report_progress() many times and reports the average cost of one call.
 
-Run by hand, never in tests. Figures are disturbed by whatever else runs on the machine.
+Run by hand, never in tests, from a tree that does not change while it runs (a checkout or an
+exported copy: its worker processes start from the files as they are at each cell). Figures are
+disturbed by whatever else runs on the machine.
 """
 from __future__ import annotations
 
@@ -330,19 +332,24 @@ def run_cell(backend: str, workers: int, args, duration_ms: int, concurrency: in
 
     env = dict(os.environ, BENCH_RUNLOG=str(runlog))
     wall_start = time.perf_counter()
+    # Each worker's stderr goes to a file: a pipe read only after the first worker ended would
+    # fill up with the second one's log lines and block it.
+    logs = [runlog.with_suffix(f".worker{i}.log") for i in range(workers)]
     procs = [
-        subprocess.Popen(worker_command(backend, concurrency), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        for _ in range(workers)
+        subprocess.Popen(worker_command(backend, concurrency), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                         stderr=open(log, "wb"))
+        for log in logs
     ]
     errors = []
-    for p in procs:
+    for p, log in zip(procs, logs):
         try:
-            _, err = p.communicate(timeout=900)
+            p.wait(timeout=900)
         except subprocess.TimeoutExpired:
             p.kill()
-            _, err = p.communicate()
-        if p.returncode != 0:
-            errors.append(err.decode(errors="replace")[-2000:])
+            p.wait()
+        text = log.read_text(errors="replace")
+        if p.returncode != 0 or "Traceback" in text:
+            errors.append(f"exit {p.returncode}: {text[-2000:]}")
     wall_s = time.perf_counter() - wall_start
     workers_cpu = _cpu(resource.getrusage(resource.RUSAGE_CHILDREN)) - children0
     broker1 = _broker_cpu()
