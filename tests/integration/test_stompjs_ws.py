@@ -165,6 +165,9 @@ def test_the_pages_client_resubscribes_with_since_and_learns_how_a_job_ended_whi
         client.kill()
         client.wait(timeout=10)
     subscribes = [line["subscribe"] for line in before + after if "subscribe" in line]
-    assert ["since" in headers for headers in subscribes] == [False, True]
+    # The first SUBSCRIBE has no since; every one after a reconnect has it (a busy machine may
+    # take more than one reconnect before the restarted web process answers).
+    assert len(subscribes) >= 2
+    assert ["since" in headers for headers in subscribes] == [False] + [True] * (len(subscribes) - 1)
     final = after[-1]["message"]
     assert (final["id"], final["status"], final["final"]) == (stack.job_id, "SUCCESSFUL", True)
