@@ -87,8 +87,10 @@ def prepare_database(var_dir: Path) -> Path:
     manage(env, "shell", "--no-imports", "-c", _CREATE_USERS.format(users=USERS))
     # Fold the WAL into the main file so a plain copy carries everything.
     import sqlite3
+    from contextlib import closing
 
-    with sqlite3.connect(var_dir / "db.sqlite3") as db:
+    # A connection's own `with` ends a transaction, not the connection: closing() closes it.
+    with closing(sqlite3.connect(var_dir / "db.sqlite3")) as db:
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     return var_dir / "db.sqlite3"
 
@@ -132,10 +134,12 @@ class LiveStack:
 
     def start_web(self) -> None:
         """Start the web server on `self.port` and wait until it listens."""
-        self.procs["web"] = subprocess.Popen(
-            [PYTHON, str(ROOT / "manage.py"), "runserver", "--noreload", "--skip-checks", f"127.0.0.1:{self.port}"],
-            cwd=ROOT, env=self.env, stdout=open(self.var_dir / "web.log", "ab"), stderr=subprocess.STDOUT,
-        )
+        # The child gets its own copy of the log's file descriptor: ours is closed once it started.
+        with open(self.var_dir / "web.log", "ab") as log:
+            self.procs["web"] = subprocess.Popen(
+                [PYTHON, str(ROOT / "manage.py"), "runserver", "--noreload", "--skip-checks", f"127.0.0.1:{self.port}"],
+                cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            )
         try:
             wait_port(self.port, START_TIMEOUT, self.procs["web"])
         except Exception:
@@ -154,10 +158,11 @@ class LiveStack:
 
     def start_worker(self) -> None:
         """Start `manage.py jobworker` (at start, or later by a test that wants jobs to wait first)."""
-        self.procs["worker"] = subprocess.Popen(
-            [PYTHON, str(ROOT / "manage.py"), "jobworker", "--concurrency", "2", "--poll-interval", "0.5"],
-            cwd=ROOT, env=self.env, stdout=open(self.var_dir / "worker.log", "wb"), stderr=subprocess.STDOUT,
-        )
+        with open(self.var_dir / "worker.log", "wb") as log:
+            self.procs["worker"] = subprocess.Popen(
+                [PYTHON, str(ROOT / "manage.py"), "jobworker", "--concurrency", "2", "--poll-interval", "0.5"],
+                cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            )
 
     def logs(self) -> str:
         out = []

@@ -48,11 +48,12 @@ def manage(env: dict, *args: str, timeout: float = PROCESS_TIMEOUT) -> subproces
 
 
 def start_worker(env: dict, log_dir: Path, name: str, *args: str) -> subprocess.Popen:
-    out = open(log_dir / f"{name}.log", "w")
-    return subprocess.Popen(
-        [sys.executable, "manage.py", "jobworker", "--worker-id", name, "--poll-interval", "0.2", *args],
-        cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-    )
+    # The child gets its own copy of the file descriptor: ours is closed once it has started.
+    with open(log_dir / f"{name}.log", "w") as out:
+        return subprocess.Popen(
+            [sys.executable, "manage.py", "jobworker", "--worker-id", name, "--poll-interval", "0.2", *args],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )
 
 
 def enqueue(env: dict, code: str) -> list[str]:
