@@ -78,7 +78,8 @@ class JobAdmin(LiveModelAdmin, admin.ModelAdmin):
     live_script = "jobs/admin-live.js"
     actions = ("cancel_jobs", "retry_jobs", "start_debug_report")
     fieldsets = (
-        (None, {"fields": ("id", "job_name", "task_path", "status", "progress_display", "message", "owner")}),
+        # The state as the change list shows it (a badge, "Cancelling" included), not the bare status.
+        (None, {"fields": ("id", "job_name", "task_path", "status_display", "progress_display", "message", "owner")}),
         ("Run", {"fields": ("queue", "priority", "run_after", "enqueued_at", "started_at", "finished_at",
                             "queued_for", "run_time", "heartbeat_at", "worker_id", "attempts", "max_attempts",
                             "time_limit", "cancel_requested", "seq")}),
@@ -91,7 +92,7 @@ class JobAdmin(LiveModelAdmin, admin.ModelAdmin):
 
     def get_readonly_fields(self, request, obj=None):
         names = [f.name for f in Job._meta.fields]
-        return names + ["job_name", "progress_display", "enqueued", "queued_for", "run_time", "log_display", "result_link"]
+        return names + ["job_name", "status_display", "progress_display", "enqueued", "queued_for", "run_time", "log_display", "result_link"]
 
     def has_add_permission(self, request) -> bool:
         return False  # jobs are enqueued through django.tasks (or the action), never typed in
@@ -118,10 +119,11 @@ class JobAdmin(LiveModelAdmin, admin.ModelAdmin):
 
     @admin.display(description="status", ordering="status")
     def status_display(self, job: Job) -> str:
-        # The words of jobs.vocabulary; the colour per state is job-live.css's (a badge).
+        # The state and word of jobs.vocabulary ("cancelling" for a running job asked to stop);
+        # the colour per state is job-live.css's (a badge). jobs/admin-live.js renders the same.
         return format_html(
             '<span class="job-admin-status job-status-{}">{}</span>',
-            job.status.lower(),
+            vocabulary.state(job.status, job.cancel_requested),
             vocabulary.label(job.status, job.cancel_requested),
         )
 

@@ -88,6 +88,49 @@ def test_the_admin_change_list_follows_a_job_from_ready_to_successful_without_a_
 
 
 @pytest.mark.parametrize("live_stack", [{"worker": False}], indirect=True)
+def test_a_running_job_asked_to_stop_gets_the_cancelling_badge_live_exactly_as_a_reload_renders_it(new_page, live_stack):
+    # A task that sleeps without looking at cancellation: it stays RUNNING with cancel_requested.
+    runs = live_stack.var_dir / "runs"
+    job_id = live_stack.shell(
+        f"from tests.jobs_tasks import sleep_for\nprint(sleep_for.enqueue({str(runs)!r}, 120).id)\n"
+    ).split()[-1]
+    admin = new_page("admin")
+    admin.goto("/admin/jobs/job/")
+    listed = admin.locator(f'#result_list tbody tr:has(input.action-select[value="{job_id}"]) .job-admin-status')
+    form = new_page("admin")
+    form.goto(f"/admin/jobs/job/{job_id}/change/")
+    shown = form.locator(".field-status_display .job-admin-status")
+    colour = "(e) => getComputedStyle(e).backgroundColor"
+    expect(listed).to_have_text("Ready")
+    colours = {"Ready": listed.evaluate(colour)}
+    for page in (admin, form):
+        page.wait_for_function("document.documentElement.dataset.stomp === 'connected'")
+    live_stack.start_worker()
+    expect(listed).to_have_text("Running", timeout=JOB_TIMEOUT_MS)
+    expect(shown).to_have_text("Running")
+    colours["Running"] = listed.evaluate(colour)
+
+    live_stack.shell(
+        "from jobs.models import Job\nfrom notifications.publisher import get_publisher\n"
+        f"assert Job.objects.get(pk={job_id!r}).cancel() is False\nassert get_publisher().flush(10)\n"
+    )
+
+    expect(listed).to_have_text("Cancelling")
+    expect(shown).to_have_text("Cancelling")
+    live = [listed.evaluate("(e) => [e.outerHTML, getComputedStyle(e).backgroundColor]"),
+            shown.evaluate("(e) => [e.outerHTML, getComputedStyle(e).backgroundColor]")]
+    admin.reload()
+    form.reload()
+    reloaded = [listed.evaluate("(e) => [e.outerHTML, getComputedStyle(e).backgroundColor]"),
+                shown.evaluate("(e) => [e.outerHTML, getComputedStyle(e).backgroundColor]")]
+    live_stack.procs["worker"].kill()  # the task would sleep on; nothing more to see
+
+    assert live[0][0] == '<span class="job-admin-status job-status-cancelling">Cancelling</span>'
+    assert live == reloaded
+    assert live[0][1] == live[1][1] and live[0][1] not in colours.values(), (live, colours)
+
+
+@pytest.mark.parametrize("live_stack", [{"worker": False}], indirect=True)
 def test_the_admin_change_page_shows_the_job_log_growing_live(new_page, live_stack):
     alice = new_page("alice")
     job_id = start_debug_report(alice)
@@ -98,7 +141,7 @@ def test_the_admin_change_page_shows_the_job_log_growing_live(new_page, live_sta
 
     live_stack.start_worker()
 
-    expect(admin.locator(".field-status .readonly")).to_have_text("Successful", timeout=JOB_TIMEOUT_MS)
+    expect(admin.locator(".field-status_display .readonly")).to_have_text("Successful", timeout=JOB_TIMEOUT_MS)
     log = admin.locator(".field-log_display ol.job-log li")
     expect(log.last).to_contain_text("Wrote debug-report-")
     assert log.count() >= 8

@@ -302,7 +302,7 @@ def test_the_admin_page_of_a_job_stops_saying_it_follows_the_job_once_it_ended(b
 
     change_job(stack, job_id, status="SUCCESSFUL", progress_done=8, message="Report ready")
 
-    expect(admin.locator(".field-status .readonly")).to_have_text("Successful")
+    expect(admin.locator(".field-status_display .readonly")).to_have_text("Successful")
     expect(note).to_be_hidden()
 
 

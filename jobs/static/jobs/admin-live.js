@@ -43,7 +43,14 @@ function queuedFor(event, now = Date.now()) {
 
 function localTime(iso) { return iso ? new Date(iso).toLocaleString() : '-'; }
 
-function adminStatus(event) { return display(event).label; }
+/** Make a JobAdmin.status_display badge show an event's state, exactly as the server renders it:
+ * class job-status-<jobs.vocabulary.state> ("cancelling" for a running job asked to stop), the word
+ * of jobs.vocabulary.label. */
+export function renderStatusBadge(badge, event) {
+  const shown = display(event);
+  badge.className = `job-admin-status job-status-${shown.state || event.status.toLowerCase()}`;
+  badge.textContent = shown.label;
+}
 
 function pkOf(row) {
   const box = row.querySelector('input.action-select');
@@ -130,9 +137,8 @@ class LiveChangeList {
     row.dataset.seq = String(event.seq);
     const status = cell(row, 'status_display', 'status');
     if (status) {
-      const badge = status.querySelector('.job-admin-status') || status;
-      badge.textContent = adminStatus(event);
-      if (badge !== status) badge.className = `job-admin-status job-status-${event.status.toLowerCase()}`;
+      const badge = status.querySelector('.job-admin-status');
+      if (badge) renderStatusBadge(badge, event); else status.textContent = display(event).label;
     }
     const progress = row.querySelector('.job-admin-progress');
     if (progress) renderAdminProgress(progress, event);
@@ -182,7 +188,8 @@ function bindChangeForm(form, marker) {
   const apply = (event) => {
     if (event.type !== 'job' || !gate.accept(event.id, event.seq)) return;
     current = event;
-    set('status', adminStatus(event));
+    const badge = form.querySelector('.field-status_display .job-admin-status');
+    if (badge) renderStatusBadge(badge, event); else set('status', display(event).label);
     const progress = form.querySelector('.job-admin-progress');
     if (progress) renderAdminProgress(progress, event);
     set('message', event.message || '');
