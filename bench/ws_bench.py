@@ -43,6 +43,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -264,6 +265,22 @@ class _RawWatch(asyncio.Protocol):
                 self.state.errors.append(f"ERROR frame: {rest[:200]!r}")
 
 
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    # One context for every connection, with no CA store loaded (create_default_context() per
+    # connection parses the system's CAs each time: tens of ms of the clients' CPU per socket).
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _client_tls(url: str) -> ssl.SSLContext | None:
+    """TLS for a wss:// URL (nginx in front: bench/scaleout_bench.py), None for ws://. The
+    certificate is the run's own on loopback: not verified, it is not what is measured."""
+    return _tls_context() if urlsplit(url).scheme == "wss" else None
+
+
 async def _raw_watch(url: str, headers: dict, destination: str | None, watcher: Watcher, state: _State,
                      limiter: asyncio.Semaphore) -> None:
     """One watching connection through _RawWatch: STOMP when ``destination`` is given, else plain JSON."""
@@ -272,7 +289,7 @@ async def _raw_watch(url: str, headers: dict, destination: str | None, watcher: 
     loop = asyncio.get_running_loop()
     async with limiter:
         transport, proto = await loop.create_connection(lambda: _RawWatch(watcher, destination is not None, state),
-                                                        parts.hostname, parts.port)
+                                                        parts.hostname, parts.port, ssl=_client_tls(url))
         lines = [f"GET {path} HTTP/1.1", f"Host: {parts.hostname}:{parts.port}", "Upgrade: websocket",
                  "Connection: Upgrade", f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}",
                  "Sec-WebSocket-Version: 13"]
@@ -298,8 +315,9 @@ async def _idle_connection(mode: str, url: str, headers: dict, state: _State, li
     from websockets.asyncio.client import connect
 
     async with limiter:
+        tls = {"ssl": _client_tls(url)} if url.startswith("wss:") else {}
         ws = await connect(url, subprotocols=SUBPROTOCOLS if mode == "stomp" else None, additional_headers=headers,
-                           compression=None, max_size=None, ping_interval=None, open_timeout=START_TIMEOUT)
+                           compression=None, max_size=None, ping_interval=None, open_timeout=START_TIMEOUT, **tls)
         ready = asyncio.get_running_loop().create_future()
         if mode == "stomp":
             await ws.send("CONNECT\naccept-version:1.2\nhost:127.0.0.1\nheart-beat:0,0\n\n\x00")
@@ -565,19 +583,28 @@ def rss(pid: int) -> int:
 
 class Sampler(threading.Thread):
     """Every SAMPLE_EVERY s: the time, the 1-minute load average, the CPU seconds of the named
-    processes and what the named URLs answer (a JSON object, or Prometheus text as a dict)."""
+    processes and what the named URLs answer (a JSON object, or Prometheus text as a dict).
+
+    A name may stand for several processes (watch() with a list of pids: their CPU summed, the
+    name is in ``groups``) and for several URLs (a list in ``urls``: their numbers summed, all
+    of them answering or no sample): the web processes behind nginx in bench/scaleout_bench.py."""
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
         self.pids: dict[str, object] = {}
-        self.urls: dict[str, str] = {}
+        self.urls: dict[str, str | list[str]] = {}
+        self.groups: set[str] = set()
         self.samples: list[tuple[float, float, dict, dict]] = []
         self.stopped = threading.Event()
 
-    def watch(self, name: str, pid: int) -> None:
+    def watch(self, name: str, pid: int | list[int]) -> None:
         import psutil
 
-        self.pids[name] = psutil.Process(pid)
+        if isinstance(pid, list):
+            self.groups.add(name)
+            self.pids[name] = [psutil.Process(p) for p in pid]
+        else:
+            self.pids[name] = psutil.Process(pid)
 
     def run(self) -> None:
         while not self.stopped.is_set():
@@ -585,16 +612,19 @@ class Sampler(threading.Thread):
             cpu = {}
             for name, proc in list(self.pids.items()):
                 try:
-                    t = proc.cpu_times()
-                    cpu[name] = t.user + t.system
+                    times = [p.cpu_times() for p in proc] if isinstance(proc, list) else [proc.cpu_times()]
+                    cpu[name] = sum(t.user + t.system for t in times)
                 except Exception:
                     pass
             counters = {}
             for name, url in list(self.urls.items()):
                 try:
-                    with urllib.request.urlopen(url, timeout=2) as response:
-                        text = response.read().decode()
-                    counters[name] = json.loads(text) if text.startswith("{") else _prometheus(text)
+                    answers = []
+                    for one in url if isinstance(url, list) else [url]:
+                        with urllib.request.urlopen(one, timeout=2) as response:
+                            text = response.read().decode()
+                        answers.append(json.loads(text) if text.startswith("{") else _prometheus(text))
+                    counters[name] = answers[0] if len(answers) == 1 else _summed(answers)
                 except Exception:
                     pass
             self.samples.append((now, load, cpu, counters))
@@ -633,6 +663,13 @@ class Sampler(threading.Thread):
         return inside[-1] if inside else None
 
 
+def _summed(answers: list[dict]) -> dict:
+    """The numbers of several answers added up, key by key (keys all of them have)."""
+    keys = set.intersection(*(set(a) for a in answers))
+    return {k: sum(a[k] for a in answers) for k in keys
+            if all(isinstance(a[k], (int, float)) and not isinstance(a[k], bool) for a in answers)}
+
+
 def _prometheus(text: str) -> dict:
     out = {}
     for line in text.splitlines():
@@ -669,21 +706,26 @@ def count_server_errors(log: Path) -> int:
 
 
 def measure(mode: str, url: str, web: subprocess.Popen, procs: Procs, env: dict, args, job: str, session: str,
-            origin: str, start_producer, sampler: Sampler) -> dict:
-    """Connect idle clients (memory), then watchers; run the producer; collect what the watchers saw."""
+            origin: str, start_producer, sampler: Sampler, webs: list[subprocess.Popen] | None = None) -> dict:
+    """Connect idle clients (memory), then watchers; run the producer; collect what the watchers saw.
+
+    ``webs``: several web processes behind one ``url`` (nginx; bench/scaleout_bench.py): "daphne"
+    is then all of them (CPU and memory summed, the CPU per delivery too), "daphne 1"... each one,
+    and the bottleneck is judged per process."""
+    webs = webs or [web]
     warm = procs.start("warmup", client_cmd(mode, url, idle=5, session=session, origin=origin), env,
                        stdout=subprocess.PIPE, text=True)
     read_json_line(warm, "ready", START_TIMEOUT * 2)
     warm.send_signal(signal.SIGTERM)
     warm.wait(timeout=30)
     time.sleep(1.0)
-    rss0 = rss(web.pid)
+    rss0 = sum(rss(w.pid) for w in webs)
     broker_watch = mode == "stomp"
     idle = procs.start("idle", client_cmd(mode, url, idle=args.idle, job=job, session=session, origin=origin,
                                           broker_watch=broker_watch), env, stdout=subprocess.PIPE, text=True)
     idle_ready = read_json_line(idle, "ready", START_TIMEOUT * 4)
     time.sleep(2.0)
-    rss1 = rss(web.pid)
+    rss1 = sum(rss(w.pid) for w in webs)
     n_procs = max(1, math.ceil(args.watch / args.watchers_per_process))
     shares = [args.watch // n_procs + (1 if i < args.watch % n_procs else 0) for i in range(n_procs)]
     expected = args.seconds + args.pause + 30
@@ -694,7 +736,12 @@ def measure(mode: str, url: str, web: subprocess.Popen, procs: Procs, env: dict,
                                                                timeout=timeout, expected=expected),
                                        env, stdout=subprocess.PIPE, text=True))
         watch_ready.append(read_json_line(watch_procs[-1], "ready", START_TIMEOUT * 2))
-    sampler.watch("daphne", web.pid)
+    if len(webs) == 1:
+        sampler.watch("daphne", web.pid)
+    else:
+        sampler.watch("daphne", [w.pid for w in webs])
+        for i, w in enumerate(webs):
+            sampler.watch(f"daphne {i + 1}", w.pid)
     sampler.watch("idle clients", idle.pid)
     for i, p in enumerate(watch_procs):
         sampler.watch(f"watchers {i}", p.pid)
@@ -757,7 +804,7 @@ def measure(mode: str, url: str, web: subprocess.Popen, procs: Procs, env: dict,
         "watch_client_cpu_share_max": max(r["cpu_share"] for r in results),
     }
     out["accounting"] = account(args, watchers, broker, sampler, steady_last, burst_first)
-    out["bottleneck"] = bottleneck(shares_steady, out["load_steady"])
+    out["bottleneck"] = bottleneck({k: v for k, v in shares_steady.items() if k not in sampler.groups}, out["load_steady"])
     out["broker_side"] = _broker_side(broker, pairs)
     return out
 
@@ -827,6 +874,22 @@ def _broker_side(broker: dict | None, pairs: list) -> dict | None:
             "after_broker": _pcts(after)}
 
 
+def setup_code(args) -> str:
+    """`manage.py shell` code: the user "bench", a session of it and the ticker job enqueued for
+    it; prints the session key and the job's id."""
+    return (
+        "from django.conf import settings\n"
+        "from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model\n"
+        "from django.contrib.sessions.backends.db import SessionStore\n"
+        "from jobs.api import enqueue_for\n"
+        "from ws_bench_tasks import ticker\n"
+        "u = get_user_model().objects.create_user('bench', 'bench@example.com', 'bench-pass')\n"
+        "s = SessionStore(); s[SESSION_KEY] = str(u.pk); s[BACKEND_SESSION_KEY] = settings.AUTHENTICATION_BACKENDS[0]\n"
+        "s[HASH_SESSION_KEY] = u.get_session_auth_hash(); s.create()\n"
+        f"r = enqueue_for(u, ticker, {args.rate}, {args.seconds}, {args.burst}, {args.pause})\n"
+        "print(s.session_key, r.id)\n")
+
+
 def run_ours(args, workdir: Path) -> dict:
     var = workdir / "ours"
     var.mkdir()
@@ -840,17 +903,8 @@ def run_ours(args, workdir: Path) -> dict:
     })
     manage = [PYTHON, str(ROOT / "manage.py")]
     subprocess.run([*manage, "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env, check=True)
-    setup = subprocess.run([*manage, "shell", "--no-imports", "-c", (
-        "from django.conf import settings\n"
-        "from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model\n"
-        "from django.contrib.sessions.backends.db import SessionStore\n"
-        "from jobs.api import enqueue_for\n"
-        "from ws_bench_tasks import ticker\n"
-        "u = get_user_model().objects.create_user('bench', 'bench@example.com', 'bench-pass')\n"
-        "s = SessionStore(); s[SESSION_KEY] = str(u.pk); s[BACKEND_SESSION_KEY] = settings.AUTHENTICATION_BACKENDS[0]\n"
-        "s[HASH_SESSION_KEY] = u.get_session_auth_hash(); s.create()\n"
-        f"r = enqueue_for(u, ticker, {args.rate}, {args.seconds}, {args.burst}, {args.pause})\n"
-        "print(s.session_key, r.id)\n")], cwd=ROOT, env=env, check=True, capture_output=True, text=True)
+    setup = subprocess.run([*manage, "shell", "--no-imports", "-c", setup_code(args)], cwd=ROOT, env=env, check=True,
+                           capture_output=True, text=True)
     session, job = setup.stdout.split()[-2:]
     sampler = Sampler()
     try:
