@@ -17,8 +17,10 @@ refreshed in place; if an editable field changed on the server, a banner says so
 the user typed is touched. After a reconnect both refresh once from the server.
 
 What it changes in the host class: ``media`` (one more module script, with the settings above in
-its URL) and ``check()`` (notifications.E025 when a destination is not declared). Set
-``live_script`` to apply events with a script of your own (the jobs admin does).
+its URL, and the stylesheets of the live widgets: the design system, the bell and toasts, their
+admin mapping, the live admin's banner and highlight) and ``check()`` (notifications.E025 when a
+destination is not declared). Set ``live_script`` to apply events with a script of your own (the
+jobs admin does).
 """
 from __future__ import annotations
 
@@ -29,6 +31,17 @@ from django.core import checks
 from django.templatetags.static import static
 
 __all__ = ["LiveModelAdmin"]
+
+# The live widgets' styles, in this order, as every live admin page (the jobs admin's too) uses
+# them: the design system and the bell and toasts (class-scoped, safe in the admin), then
+# admin.css, which maps them to the admin's colours and themes and keeps the admin header's styles
+# out of them, then the live admin's banner and highlight.
+STYLESHEETS = (
+    "notifications/ui.css",
+    "notifications/notifications.css",
+    "notifications/admin.css",
+    "notifications/live-admin.css",
+)
 
 
 class LiveModelAdmin:
@@ -57,7 +70,7 @@ class LiveModelAdmin:
         })
         # A path starting with "/" is used as is, so the query survives hashed static storages.
         return media + forms.Media(
-            css={"all": ["notifications/live-admin.css"]},
+            css={"all": list(STYLESHEETS)},
             js=[forms.Script(f"{static(self.live_script)}?{query}", type="module")],
         )
 

@@ -86,6 +86,7 @@ def test_the_admin_change_list_of_the_apps_own_model_updates_live(shop_stack, lo
     row = admin.locator(f'#result_list tbody tr:has(input.action-select[value="{second}"])')
     expect(row.locator(".field-status")).to_have_text("new")
     expect(admin.locator("#result_list")).to_have_attribute("data-live", "live")
+    expect(admin.locator(".live-admin-state")).to_have_text("This list updates live.")
     admin.evaluate("window.__sameDocument = true")
     admin.locator(f'input.action-select[value="{first}"]').check()  # a selection survives updates
 
@@ -106,7 +107,10 @@ def test_an_order_created_elsewhere_is_announced_on_the_change_list(shop_stack, 
 
     _set_status(shop_stack, _order(shop_stack), "new")
 
-    expect(admin.locator("[data-live-admin-banner]")).to_contain_text("1 other object changed or added")
+    banner = admin.locator("[data-live-admin-banner]")
+    expect(banner).to_contain_text("1 other object changed or added")
+    # Styled as the jobs admin's banner: the admin's info message colour (base.css, light theme).
+    assert banner.evaluate("(e) => getComputedStyle(e).backgroundColor") == "rgb(204, 239, 255)"
 
 
 def test_the_page_api_shows_the_snapshot_then_sends_and_follows_the_change(shop_stack, login):

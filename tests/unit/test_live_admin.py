@@ -23,7 +23,17 @@ def test_the_media_gets_the_live_script_with_its_destinations_in_its_url():
         '<script src="/static/notifications/live-admin.js?list=%2Ftopic%2Fjobs.all&amp;object=&amp;key=id&amp;seq=seq" '
         'type="module"></script>'
     ) in str(media)
-    assert '<link href="/static/notifications/live-admin.css" media="all" rel="stylesheet">' in str(media)
+
+
+def test_the_media_links_the_live_widgets_stylesheets_in_the_order_the_jobs_admin_uses_them():
+    media = GroupAdmin(Group, admin.AdminSite()).media
+
+    assert [line for line in str(media).splitlines() if line.startswith("<link")] == [
+        '<link href="/static/notifications/ui.css" media="all" rel="stylesheet">',
+        '<link href="/static/notifications/notifications.css" media="all" rel="stylesheet">',
+        '<link href="/static/notifications/admin.css" media="all" rel="stylesheet">',
+        '<link href="/static/notifications/live-admin.css" media="all" rel="stylesheet">',
+    ]
 
 
 def test_without_a_destination_the_media_is_the_model_admins_own():

@@ -77,7 +77,7 @@ function banner(before, text) {
   let node = document.querySelector('[data-live-admin-banner]');
   if (!node) {
     node = document.createElement('p');
-    node.className = 'help live-admin-banner';
+    node.className = 'live-admin-banner';
     node.dataset.liveAdminBanner = '';
     node.setAttribute('role', 'status');
     before.parentNode.insertBefore(node, before);
@@ -90,9 +90,23 @@ function banner(before, text) {
   return node;
 }
 
+/** "<text>", with a dot that is green while the page is connected (as the jobs admin's). */
+function liveLine(before, text) {
+  const node = document.createElement('p');
+  node.className = 'help live-admin-state';
+  const dot = document.createElement('span');
+  dot.className = 'live-admin-dot';
+  dot.setAttribute('aria-hidden', 'true');
+  node.append(dot, text);
+  before.parentNode.insertBefore(node, before);
+  return node;
+}
+
 class LiveChangeList {
   constructor(table) {
     this.table = table;
+    this.anchor = table.closest('.results') || table;
+    liveLine(this.anchor, 'This list updates live.');
     this.others = new Set();
     this.refresher = new Refresher(() => this.refresh());
     let ready = 0;
@@ -123,7 +137,7 @@ class LiveChangeList {
     } else if (!this.others.has(pk)) {
       this.others.add(pk);
       const n = this.others.size;
-      banner(this.table, `${n} other ${n === 1 ? 'object' : 'objects'} changed or added since this page was loaded.`);
+      banner(this.anchor, `${n} other ${n === 1 ? 'object' : 'objects'} changed or added since this page was loaded.`);
     }
   }
 
