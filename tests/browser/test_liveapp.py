@@ -134,3 +134,44 @@ def test_the_page_api_shows_nothing_of_another_customers_order(shop_stack, login
     page.wait_for_function("document.documentElement.dataset.stomp === 'connected'")
     page.wait_for_timeout(1000)
     expect(page.locator("#status")).to_have_text("…")
+
+
+# What a person sees of the toasts and the bell's list; the same in the jobs admin and on a user's
+# LiveModelAdmin page, in the admin's dark theme too (where the admin's colours replace the design's).
+LOOK = """(names) => {
+  const look = (e) => { const s = getComputedStyle(e);
+    return [s.color, s.backgroundColor, s.fontSize, s.fontWeight, s.textTransform, s.textAlign, s.letterSpacing,
+            s.borderBottomWidth, s.textDecorationLine]; };
+  return Object.fromEntries(names.map((n) => [n, look(document.querySelector(n))]));
+}"""
+PARTS = [".ln-toast", ".ln-toast .ln-title", ".ln-toast .ln-text", ".ln-toast a.ln-link", ".ln-dropdown",
+         ".ln-dropdown .ln-head strong", ".ln-dropdown .ln-list a", ".ln-dropdown .ln-mark-all button"]
+
+
+def test_the_toasts_and_the_bell_on_the_apps_live_admin_look_exactly_as_on_the_jobs_admin(shop_stack, login):
+    _order(shop_stack)
+    shop, jobs = login("admin"), login("admin")
+    for page, url in ((shop, "/admin/shop/order/"), (jobs, "/admin/jobs/job/")):
+        page.emulate_media(color_scheme="dark")
+        page.goto(url)
+        expect(page.locator("[data-live-notifications]")).to_have_attribute("data-live", "ready")
+
+    shop_stack.shell(
+        "from django.contrib.auth import get_user_model\n"
+        "from notifications.api import notify\n"
+        "from notifications.publisher import get_publisher\n"
+        "notify(get_user_model().objects.get(username='admin'), title='Order 1 shipped', text='On its way',"
+        " level='success', link='/orders/1/')\n"
+        "assert get_publisher().flush(10)\n"
+    )
+
+    looks = []
+    for page in (shop, jobs):
+        expect(page.locator(".ln-toast")).to_have_count(1)
+        page.locator(".ln-panel > summary").click()
+        expect(page.locator(".ln-dropdown .ln-list a")).to_have_count(1)
+        looks.append(page.evaluate(LOOK, PARTS))
+    # The admin's own dark colours (its --body-bg, #121212), not the design system's: admin.css is there.
+    assert (looks[0][".ln-toast"][1], looks[0][".ln-dropdown"][1]) == ("rgb(18, 18, 18)", "rgb(18, 18, 18)")
+    assert looks[0][".ln-toast .ln-title"][4:6] == ["none", "left"]
+    assert looks[0] == looks[1]
