@@ -210,7 +210,10 @@ class StompConsumer(AsyncWebsocketConsumer):
         self.session_key = None
         self.subs: dict[str, ClientSubscription] = {}
         self.by_broker: dict[str, list[ClientSubscription]] = {}
-        self.mailbox = Mailbox(MAILBOX_SIZE, self._mailbox_ready, coalesce_after=COALESCE_AFTER)
+        # The mailbox calls back through a weak reference: a bound method would make a reference
+        # cycle (consumer -> mailbox -> consumer) that keeps a closed socket's consumer, scope,
+        # parser and daphne connection (through base_send) until a full cyclic collection.
+        self.mailbox = Mailbox(MAILBOX_SIZE, _weak_ready(self), coalesce_after=COALESCE_AFTER)
         self.message_ids = 0
         self.send_ms = 0
         self.expect_ms = 0
@@ -222,6 +225,7 @@ class StompConsumer(AsyncWebsocketConsumer):
         await self.accept(subprotocol)
         # Under daphne on plain TCP, text messages skip daphne's and autobahn's per-message layers.
         self.write_text = _daphne_text_writer(self.base_send)
+        _release_protocol_on_close(self.base_send)
         _open.add(self)
         _close_on_server_stop()
 
@@ -822,6 +826,45 @@ def _escaped(content_type: str) -> str:
     if len(_ESCAPED) < 64:
         _ESCAPED[content_type] = value
     return value
+
+
+def _weak_ready(consumer: StompConsumer) -> Callable[[], None]:
+    """The consumer's _mailbox_ready, without a strong reference to the consumer."""
+    ref = weakref.ref(consumer)
+
+    def ready() -> None:
+        target = ref()
+        if target is not None:
+            target._mailbox_ready()
+
+    return ready
+
+
+def _forget(result: Any) -> None:
+    return None
+
+
+def _release_protocol_on_close(send: Any) -> None:
+    """Under daphne, let a closed WebSocket's protocol be freed at once, not at a full collection.
+
+    autobahn resolves the protocol's ``is_closed`` Deferred with the protocol itself
+    (autobahn/websocket/protocol.py, ``txaio.resolve(self.is_closed, self)``): protocol ->
+    Deferred -> protocol, a reference cycle that keeps every closed connection (daphne's and
+    autobahn's protocol objects and buffers) until the cyclic collector's oldest generation is
+    collected. Under connect/disconnect churn that raised daphne's RSS plateau by about 11 MiB
+    (bench/RESULTS-reliability.md). A callback that drops the result breaks the cycle once the
+    connection closed; nothing in daphne or autobahn reads that result (daphne 4.2, autobahn
+    26.10). Anything that is not daphne's autobahn protocol with a Deferred there is left alone.
+    """
+    protocol = send.args[0] if isinstance(send, functools.partial) and send.args else None
+    closed = getattr(protocol, "is_closed", None)
+    try:
+        from autobahn.websocket.protocol import WebSocketProtocol
+        from twisted.internet.defer import Deferred
+    except ImportError:
+        return
+    if isinstance(protocol, WebSocketProtocol) and isinstance(closed, Deferred):
+        closed.addCallback(_forget)
 
 
 def _text_frame(text: str) -> bytes:
