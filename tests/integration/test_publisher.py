@@ -595,10 +595,15 @@ def test_the_heartbeat_option_overrides_the_coilmq_workaround_and_the_receipt_de
     while time.monotonic() < deadline and not p.stats().connects:
         time.sleep(0.02)
     time.sleep(0.5)  # a heart-beat has gone out: CoilMQ reads nothing more on this connection
-    p.publish("/topic/test.coil.stall", {"n": 1})
-    deadline = time.monotonic() + 10
+    # A message sent now waits on the stalled connection until the deadline catches it. On a busy
+    # machine the connection may drop (and the message go out on a fresh one) first: keep
+    # publishing until one is caught, as a producer would.
+    n = 1
+    deadline = time.monotonic() + 15
     while time.monotonic() < deadline and p.stats().receipt_timeouts == 0:
-        time.sleep(0.05)
+        p.publish("/topic/test.coil.stall", {"n": n})
+        n += 1
+        time.sleep(0.3)
     assert p.stats().receipt_timeouts >= 1
     assert "messages within 1 s; reconnecting (they will be re-sent)" in caplog.text
     assert "the URL's heartbeat option keeps heart-beats on" in caplog.text
