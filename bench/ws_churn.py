@@ -98,7 +98,13 @@ def _structures(objects: list) -> dict:
     try:
         from twisted.internet import reactor
 
-        out["asyncio.tasks"] = len(asyncio.all_tasks(reactor._asyncioEventloop))
+        loop = reactor._asyncioEventloop
+        out["asyncio.tasks"] = len(asyncio.all_tasks(loop))
+        # Pending timers by what they will call: asyncio's, and Twisted's (callLater).
+        out["timers"] = dict(Counter(
+            [f"asyncio {getattr(h._callback, '__qualname__', type(h._callback).__name__)}" for h in loop._scheduled]
+            + [f"twisted {getattr(c.func, '__qualname__', type(c.func).__name__)}" for c in reactor.getDelayedCalls()]
+        ))
     except Exception:
         pass
     import threading
@@ -384,7 +390,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nRSS from {base['sockets']} to {samples[-1]['sockets']} sockets: {base['rss'] / 2**20:.1f} -> "
               f"{samples[-1]['rss'] / 2**20:.1f} MiB (peak {max(s['rss'] for s in after) / 2**20:.1f}), "
               f"{per:+.0f} bytes per socket")
-    print("\nStructures at the end (after gc.collect()): " + ", ".join(f"{k} {v}" for k, v in final["structures"].items()))
+    print("\nStructures at the end (after gc.collect()): " + ", ".join(
+        f"{k} {v}" for k, v in final["structures"].items() if k != "timers"))
+    print("Pending timers at the end: " + ", ".join(
+        f"{k} {v}" for k, v in sorted(final["structures"].get("timers", {}).items(), key=lambda kv: -kv[1])))
     print(f"\nObject types grown since {base['sockets']} sockets (gc-tracked, end after gc.collect()):")
     for name, delta, total in _types_grown(base, final, args.top):
         print(f"  {delta:+7d}  {name} ({total})")
