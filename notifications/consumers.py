@@ -851,7 +851,7 @@ def _release_protocol_on_close(send: Any) -> None:
     (autobahn/websocket/protocol.py, ``txaio.resolve(self.is_closed, self)``): protocol ->
     Deferred -> protocol, a reference cycle that keeps every closed connection (daphne's and
     autobahn's protocol objects and buffers) until the cyclic collector's oldest generation is
-    collected. Under connect/disconnect churn that raised daphne's RSS plateau by about 11 MiB
+    collected. Under connect/disconnect churn that raised daphne's RSS plateau by about 10 MiB
     (bench/RESULTS-reliability.md). A callback that drops the result breaks the cycle once the
     connection closed; nothing in daphne or autobahn reads that result (daphne 4.2, autobahn
     26.10). Anything that is not daphne's autobahn protocol with a Deferred there is left alone.
