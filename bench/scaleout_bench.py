@@ -22,7 +22,9 @@ accounting are used as they are: latency from report_progress() to the client, e
 report a watcher missed accounted for (merged by the worker, coalesced by the publisher, merged
 in daphne: all by design; or lost), CPU shares and the bottleneck. "daphne" is all the web
 processes together: CPU per delivery is summed over them. Added here: deliveries per second,
-each process kind's share of a core, nginx's CPU per delivery and how nginx spread the sockets.
+each process kind's share of a core, the web processes' fixed cost (their CPU with every client
+connected and nothing published, for --idle-window s before the worker starts) and their CPU per
+delivery less it, nginx's CPU per delivery and how nginx spread the sockets.
 Results go to stdout as Markdown (for bench/RESULTS-ws.md) and optionally JSON.
 """
 from __future__ import annotations
@@ -140,12 +142,21 @@ def run_column(args, daphnes: int, workdir: Path) -> dict:
         sampler.urls["worker"] = f"http://127.0.0.1:{metrics_port}/metrics"
         worker_cmd, _ = unit_command(WORKER_UNIT, "1")
         url = f"wss://127.0.0.1:{deployment.https_port}/ws/stomp/"
-        result = measure(
-            "stomp", url, webs[0], procs, env, args, job, session, deployment.url,
-            lambda: procs.start("worker", [*worker_cmd, "--metrics-port", str(metrics_port)], env),
-            sampler, webs=webs,
-        )
-        result["daphnes_idle_share"] = idle_share(sampler)
+        idle_window: list[float] = []
+
+        def start_worker() -> subprocess.Popen:
+            # measure() starts the sampler, then this: IDLE_WINDOW s of every client connected
+            # and nothing published, sampled, before the worker starts.
+            idle_window.append(time.time())
+            time.sleep(args.idle_window)
+            idle_window.append(time.time())
+            return procs.start("worker", [*worker_cmd, "--metrics-port", str(metrics_port)], env)
+
+        result = measure("stomp", url, webs[0], procs, env, args, job, session, deployment.url, start_worker,
+                         sampler, webs=webs)
+        idle_cpu = sampler.cpu_between("daphne", *idle_window) if len(idle_window) == 2 else None
+        result["daphnes_idle_share"] = (None if idle_cpu is None else
+                                        round(idle_cpu / (idle_window[1] - idle_window[0]), 3))
         time.sleep(1.0)  # nginx logs a WebSocket once it has closed
         result["sockets_per_daphne"] = sockets_per_daphne(deployment)
         result["nginx_errors"] = sum(1 for line in deployment.nginx.error_log().splitlines() if "[error]" in line
@@ -161,19 +172,6 @@ def run_column(args, daphnes: int, workdir: Path) -> dict:
                                   for port in deployment.web_ports)
     result["daphnes"] = daphnes
     return result
-
-
-def idle_share(sampler: Sampler) -> dict | None:
-    """The web processes' share of a core with every client connected and no job running yet:
-    from the sampler's start (clients connected) to the worker's first metrics answer (the worker
-    booted; its job starts after that). Their fixed cost, paid per process whatever the load."""
-    if not sampler.samples:
-        return None
-    t0 = sampler.samples[0][0]
-    t1 = next((s[0] for s in sampler.samples if "worker" in s[3]), None)
-    if t1 is None or t1 - t0 < 0.5:
-        return None
-    return {"share": sampler.share("daphne", t0, t1), "seconds": round(t1 - t0, 1)}
 
 
 def kinds(r: dict) -> dict[str, float | None]:
@@ -200,12 +198,15 @@ def derived(r: dict) -> dict:
     watchers = int(r["final_state_seen_by"].split("/")[1] or 0)
     burst_deliveries = r["burst_received_mean"] * watchers
     burst_window = r["delivery_window_s"] - (r["steady_window_s"] or 0) if r["delivery_window_s"] else None
+    idle = r["daphnes_idle_share"]
+    marginal = (round(r["cpu_us_per_steady_delivery"] - 1e6 * idle * r["steady_window_s"] / r["steady_deliveries"], 1)
+                if idle is not None and r["cpu_us_per_steady_delivery"] is not None and r["steady_deliveries"] else None)
     nginx = r["shares_steady"].get("nginx")
     nginx_us = (round(1e6 * nginx * r["steady_window_s"] / r["steady_deliveries"], 1)
                 if nginx is not None and r["steady_window_s"] and r["steady_deliveries"] else None)
     return {"steady_per_s": steady_rate, "burst_deliveries": round(burst_deliveries),
             "after_steady_window_s": round(burst_window, 1) if burst_window is not None else None,
-            "nginx_us_per_steady_delivery": nginx_us}
+            "nginx_us_per_steady_delivery": nginx_us, "daphne_us_per_steady_delivery_less_idle": marginal}
 
 
 def table(results: dict, args) -> str:
@@ -226,13 +227,15 @@ def table(results: dict, args) -> str:
         ("deliveries after the steady phase (pause, burst, final) / seconds",
          lambda r: f"{r['deliveries'] - r['steady_deliveries']} / {r['derived']['after_steady_window_s']} s"),
         ("share of a core, steady phase: **daphnes (sum)**", kind("daphnes")),
-        ("- daphnes (sum) with every client connected, before the job (their fixed cost)",
-         lambda r: "n/a" if not r["daphnes_idle_share"] else
-         f"{r['daphnes_idle_share']['share']} (over {r['daphnes_idle_share']['seconds']} s)"),
+        ("- daphnes (sum), every client connected and nothing published (their fixed cost; --idle-window s before the job)",
+         lambda r: "n/a" if r["daphnes_idle_share"] is None else r["daphnes_idle_share"]),
         ("- nginx (its one worker)", kind("nginx")),
         ("- RabbitMQ node (shared with other work on the machine)", kind("broker")),
         ("- job worker", kind("worker")),
         ("- load generators (idle clients + watcher processes)", kind("load generators")),
+        ("**daphne CPU per steady delivery, summed over the daphnes, less their fixed cost** (the table's steady figure "
+         "below minus the row above over the steady window)",
+         lambda r: f"**{r['derived']['daphne_us_per_steady_delivery_less_idle']} µs**"),
         ("nginx CPU per steady delivery", lambda r: f"{r['derived']['nginx_us_per_steady_delivery']} µs"),
         ("nginx errors ([error], [crit], [alert] lines)", lambda r: r["nginx_errors"]),
     ]
@@ -254,6 +257,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--pause", type=float, default=1.0)
     parser.add_argument("--burst", type=int, default=2000)
+    parser.add_argument("--idle-window", type=float, default=5.0,
+                        help="seconds with every client connected and nothing published, before the worker starts: "
+                             "the web processes' fixed cost (default 5)")
     parser.add_argument("--broker-url", default=os.environ.get("STOMP_RABBITMQ_URL", "stomp://guest:guest@127.0.0.1:61613"),
                         help="RabbitMQ's STOMP plugin (default: $STOMP_RABBITMQ_URL)")
     parser.add_argument("--postgres-url", default=os.environ.get("TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres"),
