@@ -11,7 +11,8 @@ processes (real jobs.worker.Worker loops, --concurrency 1, PREFETCH 0 so every j
 claim, no wake-ups) run jobs, and the time of every claim transaction is recorded (the worker's
 _sync(): BEGIN, write the last outcome, claim the next job, COMMIT; on SQLite it includes the wait
 for the write lock, which is what a prune could make longer). Phase "no prune": the claimers
-alone for --seconds, from the moment both have claimed a job (start-up is not measured). Phase "prune": the same claimers while `manage.py prunejobs --older-than 7d`
+alone for --seconds, from the moment both have claimed a job (start-up is not measured; make it
+about as long as the prune, e.g. --seconds 85: the longest of a short phase is not comparable). Phase "prune": the same claimers while `manage.py prunejobs --older-than 7d`
 deletes the 100,000 jobs with the default batch size and pause; claims are counted from the
 prune's start to its end. Reported: claims, p50, p99 and the longest claim in each phase, the
 prune's duration and rows per second, and the ratio of the longest claims (issue 11's target:
