@@ -30,13 +30,11 @@ Results go to stdout as Markdown (for bench/RESULTS-ws.md) and optionally JSON.
 from __future__ import annotations
 
 import argparse
-import json
+import functools
 import os
 import resource
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -52,7 +50,7 @@ from tests.deploy.deployment import (  # noqa: E402
     postgres_database,
     unit_command,
 )
-from ws_bench import Procs, Sampler, count_server_errors, free_port, markdown, measure, setup_code  # noqa: E402
+from ws_bench import Procs, Sampler, count_server_errors, free_port, markdown, measure, run_columns, setup_code  # noqa: E402
 
 WEB_UNIT = "live-jobs-web@.service"
 WORKER_UNIT = "live-jobs-worker@.service"
@@ -270,23 +268,10 @@ def main(argv: list[str] | None = None) -> None:
     if why:
         sys.exit(why)
     raise_nofile()
-    workdir = Path(tempfile.mkdtemp(prefix="scaleout-bench-"))
-    results = {}
-    print(f"uptime before: {os.getloadavg()}", file=sys.stderr, flush=True)
-    try:
-        for n in [int(x) for x in args.daphnes.split(",")]:
-            name = f"{n} daphne" + ("s" if n > 1 else "")
-            print(f"running {name}…", file=sys.stderr, flush=True)
-            results[name] = run_column(args, n, workdir)
-            print(json.dumps({name: results[name]}, indent=1), file=sys.stderr, flush=True)
-    finally:
-        print(f"logs in {workdir}; uptime after: {os.getloadavg()}", file=sys.stderr)
-    print(table(results, args))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
-    if not os.environ.get("WS_BENCH_KEEP_LOGS"):
-        shutil.rmtree(workdir, ignore_errors=True)
-
+    columns = {}
+    for n in [int(x) for x in args.daphnes.split(",")]:
+        columns[f"{n} daphne" + ("s" if n > 1 else "")] = functools.partial(run_column, args, n)
+    run_columns(columns, lambda results: table(results, args), args.json, prefix="scaleout-bench-")
 
 if __name__ == "__main__":
     main()

@@ -52,6 +52,7 @@ import threading
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -1069,23 +1070,33 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "ref-produce":
         ref_produce_main(args)
         return
-    workdir = Path(tempfile.mkdtemp(prefix="ws-bench-"))
+    runners = {"ours": run_ours, "reference": run_reference}
+    columns = {system: functools.partial(runners[system], args) for system in args.systems.split(",")}
+    run_columns(columns, lambda results: markdown(results, args), args.json, prefix="ws-bench-")
+
+
+def run_columns(columns: dict[str, Callable[[Path], dict]], render: Callable[[dict], str],
+                json_path: Path | None, *, prefix: str) -> dict:
+    """Run each column in a fresh work folder, print its JSON as it ends and the table at the end.
+
+    The folder (every process's log) is removed afterwards unless WS_BENCH_KEEP_LOGS is set.
+    Shared by bench/scaleout_bench.py."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
     results = {}
     print(f"uptime before: {os.getloadavg()}", file=sys.stderr, flush=True)
     try:
-        for system in args.systems.split(","):
-            runner = {"ours": run_ours, "reference": run_reference}[system]
-            print(f"running {system}…", file=sys.stderr, flush=True)
-            results[system] = runner(args, workdir)
-            print(json.dumps({system: results[system]}, indent=1), file=sys.stderr, flush=True)
+        for name, run in columns.items():
+            print(f"running {name}…", file=sys.stderr, flush=True)
+            results[name] = run(workdir)
+            print(json.dumps({name: results[name]}, indent=1), file=sys.stderr, flush=True)
     finally:
         print(f"logs in {workdir}; uptime after: {os.getloadavg()}", file=sys.stderr)
-    print(markdown(results, args))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
+    print(render(results))
+    if json_path:
+        json_path.write_text(json.dumps(results, indent=1))
     if not os.environ.get("WS_BENCH_KEEP_LOGS"):
         shutil.rmtree(workdir, ignore_errors=True)
-
+    return results
 
 if __name__ == "__main__":
     main()
