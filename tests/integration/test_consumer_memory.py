@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import shutil
-import subprocess
 import time
 import weakref
 
@@ -24,8 +22,8 @@ from django.contrib.auth import get_user_model
 from bench.ws_churn import PROBE_DIR, probe
 from notifications import consumers
 from notifications import hub as hub_module
-from tests.browser.stack import PYTHON, ROOT, environment, free_port, manage, wait_port
-from tests.integration.test_consumer_shutdown import SESSION, _subscribed_socket, template_db  # noqa: F401
+from tests.browser.stack import PYTHON, ROOT
+from tests.integration.test_consumer_shutdown import _subscribed_socket, running_daphne, template_db  # noqa: F401
 
 from .stomp_ws_support import WsStomp, make_job, session_cookie
 
@@ -43,16 +41,21 @@ def _alice():
     return user, make_job(user), session_cookie(user)
 
 
-async def _page(cookie: bytes, job, *, disconnect: bool) -> None:
-    """A page's socket: CONNECT, the notifications and a job's topic (snapshots and receipts), close."""
-    ws = WsStomp(cookie)
-    assert await ws.open()
+async def _subscribe_page(ws: WsStomp, job) -> None:
+    """CONNECT, then the notifications and a job's topic, until both receipts (snapshots sent)."""
     assert (await ws.connect()).command == "CONNECTED"
     await ws.subscribe("/user/queue/notifications", "n", receipt="n")
     await ws.subscribe(f"/topic/jobs.{job.pk}", "j", receipt="j")
     receipts = set()
     while receipts != {"n", "j"}:
         receipts.add((await ws.next_control_frame()).get("receipt-id"))
+
+
+async def _page(cookie: bytes, job, *, disconnect: bool) -> None:
+    """A page's socket: CONNECT, the notifications and a job's topic (snapshots and receipts), close."""
+    ws = WsStomp(cookie)
+    assert await ws.open()
+    await _subscribe_page(ws, job)
     if disconnect:
         await ws.send("DISCONNECT", {"receipt": "bye"})
         assert (await ws.next_control_frame()).get("receipt-id") == "bye"
@@ -96,12 +99,7 @@ async def test_a_closed_socket_is_freed_without_a_cyclic_collection(live):
     gc.collect()
     gc.disable()
     try:
-        assert (await ws.connect()).command == "CONNECTED"
-        await ws.subscribe("/user/queue/notifications", "n", receipt="n")
-        await ws.subscribe(f"/topic/jobs.{job.pk}", "j", receipt="j")
-        receipts = set()
-        while receipts != {"n", "j"}:
-            receipts.add((await ws.next_control_frame()).get("receipt-id"))
+        await _subscribe_page(ws, job)
         await ws.close()
         await asyncio.sleep(0)
         assert alive() is None, [type(r).__name__ for r in gc.get_referrers(alive())]
@@ -115,29 +113,11 @@ async def test_a_closed_socket_is_freed_without_a_cyclic_collection(live):
 @pytest.fixture
 def probed_daphne(tmp_path, template_db, embedded_broker):  # noqa: F811
     """daphne serving project.asgi:application with bench/ws_churn.py's probe; (process, port, session, probe dir)."""
-    var = tmp_path / "var"
-    var.mkdir()
-    shutil.copyfile(template_db, var / "db.sqlite3")
-    env = environment(var, embedded_broker.url, debug=False)
-    env[PROBE_DIR] = str(tmp_path / "probe")
     (tmp_path / "probe").mkdir()
-    session = manage(env, "shell", "--no-imports", "-c", SESSION).stdout.split()[-1]
-    port = free_port()
-    log = open(var / "daphne.log", "wb")
-    proc = subprocess.Popen(
-        [PYTHON, str(ROOT / "bench" / "ws_churn.py"), "--serve-daphne", "-b", "127.0.0.1", "-p", str(port),
-         "project.asgi:application"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    try:
-        wait_port(port, 30, proc)
+    command = [PYTHON, str(ROOT / "bench" / "ws_churn.py"), "--serve-daphne"]
+    with running_daphne(tmp_path, template_db, embedded_broker.url, command, debug=False,
+                        extra_env={PROBE_DIR: str(tmp_path / "probe")}) as (proc, port, session):
         yield proc, port, session, tmp_path / "probe"
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=10)
-        log.close()
-        print((var / "daphne.log").read_text(errors="replace")[-3000:])
 
 
 @pytest.mark.slow

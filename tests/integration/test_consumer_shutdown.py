@@ -6,6 +6,8 @@ reconnecting); "going away" tells a client to reconnect at once, to another proc
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import shutil
 import signal
 import subprocess
 
@@ -35,20 +37,20 @@ def template_db(tmp_path_factory):
     return prepare_database(tmp_path_factory.mktemp("template-db"))
 
 
-@pytest.fixture
-def daphne(tmp_path, template_db, embedded_broker):
-    """`daphne project.asgi:application` on a free port, with alice's session; yields (process, port, session)."""
-    import shutil
-
+@contextlib.contextmanager
+def running_daphne(tmp_path, template_db, broker_url: str, command: list[str], *, debug: bool = True,
+                   extra_env: dict[str, str] | None = None):
+    """`command -b 127.0.0.1 -p <free port> project.asgi:application` on a copy of the template
+    database, with alice's session; yields (process, port, session), killed afterwards."""
     var = tmp_path / "var"
     var.mkdir()
     shutil.copyfile(template_db, var / "db.sqlite3")
-    env = environment(var, embedded_broker.url)
+    env = environment(var, broker_url, debug=debug) | (extra_env or {})
     session = manage(env, "shell", "--no-imports", "-c", SESSION).stdout.split()[-1]
     port = free_port()
     log = open(var / "daphne.log", "wb")
     proc = subprocess.Popen(
-        [PYTHON, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "project.asgi:application"],
+        [*command, "-b", "127.0.0.1", "-p", str(port), "project.asgi:application"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     try:
@@ -60,6 +62,13 @@ def daphne(tmp_path, template_db, embedded_broker):
         proc.wait(timeout=10)
         log.close()
         print((var / "daphne.log").read_text(errors="replace")[-3000:])
+
+
+@pytest.fixture
+def daphne(tmp_path, template_db, embedded_broker):
+    """`daphne project.asgi:application` on a free port, with alice's session; yields (process, port, session)."""
+    with running_daphne(tmp_path, template_db, embedded_broker.url, [PYTHON, "-m", "daphne"]) as running:
+        yield running
 
 
 async def _subscribed_socket(port: int, session: str):
