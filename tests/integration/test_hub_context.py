@@ -10,10 +10,10 @@ from channels.db import database_sync_to_async
 from channels.testing import HttpCommunicator
 from django.contrib.auth import get_user_model
 
-from jobs import live as jobs_live
 from notifications import hub as hub_module
 
-from .stomp_ws_support import WsStomp, make_job, session_cookie
+from .stomp_ws_support import make_job
+from .test_consumer_restart import _watch
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(90)]
 
@@ -31,12 +31,7 @@ async def test_a_page_catches_up_after_a_broker_outage_when_a_finished_health_re
     try:
         probe = HttpCommunicator(application, "GET", "/ops/health/", headers=[(b"host", b"localhost")])
         assert (await probe.get_response(timeout=10))["status"] == 200  # the probe started the hub and ended
-        client = WsStomp(await database_sync_to_async(session_cookie)(alice))
-        assert await client.open()
-        assert (await client.connect()).command == "CONNECTED"
-        await client.subscribe(jobs_live.job(job.pk), receipt="r")
-        assert (await client.next_message())["status"] == "READY"
-        assert (await client.next_frame()).command == "RECEIPT"
+        client = await _watch(alice, job)
 
         await asyncio.to_thread(broker.stop)
 
