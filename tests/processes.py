@@ -2,11 +2,13 @@
 terminate-then-kill, shared by the ActiveMQ, StompServer and CoilMQ launchers."""
 from __future__ import annotations
 
+import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["start_listening", "stop"]
+__all__ = ["start_listening", "stop", "stop_all"]
 
 
 def start_listening(name: str, cmd: list[str], port: int, log_path: Path, *, cwd: Path, timeout: float) -> subprocess.Popen:
@@ -36,3 +38,19 @@ def stop(proc: subprocess.Popen, timeout: float = 20.0) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def stop_all(procs: dict[str, subprocess.Popen], timeout: float,
+             signal_for: Callable[[str], int] = lambda name: signal.SIGTERM) -> None:
+    """Signal every running process at once (``signal_for(name)``, SIGTERM by default), then wait
+    for all of them within one ``timeout``; SIGKILL whatever is still running at its end."""
+    for name, proc in procs.items():
+        if proc.poll() is None:
+            proc.send_signal(signal_for(name))
+    deadline = time.monotonic() + timeout
+    for proc in procs.values():
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)

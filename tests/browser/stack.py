@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.conftest import free_port
+from tests.processes import stop_all
 
 __all__ = ["ROOT", "PYTHON", "free_port", "wait_port", "LiveStack", "prepare_database", "manage"]
 
@@ -177,14 +178,5 @@ class LiveStack:
         return manage(self.env, "shell", "--no-imports", "-c", code).stdout
 
     def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+        stop_all(self.procs, STOP_TIMEOUT)
         self.procs.clear()

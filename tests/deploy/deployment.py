@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.conftest import free_port
+from tests.processes import stop_all
 
 __all__ = [
     "ROOT",
@@ -466,16 +467,7 @@ class Deployment:
     def stop(self) -> None:
         """Stop every process with its unit's KillSignal, SIGKILL after the stop timeout; then nginx."""
         signals = {"web": stop_signal("live-jobs-web@.service"), "worker": stop_signal("live-jobs-worker@.service")}
-        for name, proc in self.procs.items():
-            if proc.poll() is None:
-                proc.send_signal(signals[name.split("@")[0]])
-        deadline = time.monotonic() + STOP_TIMEOUT
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+        stop_all(self.procs, STOP_TIMEOUT, lambda name: signals[name.split("@")[0]])
         self.procs.clear()
         if self.nginx is not None:
             self.nginx.stop()
