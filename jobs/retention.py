@@ -17,11 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from notifications.retention import delete_rows
+from notifications.retention import checkpoint_sqlite_wal, delete_rows
 
 from . import conf
 from .models import FINAL_STATUSES, Job, ScheduleRun, WorkerState
@@ -77,24 +77,11 @@ def _in_batches(select: Callable[[int], list], delete: Callable[[list], int], ba
         with transaction.atomic():
             deleted += delete(rows)
         batches += 1
-        _checkpoint()
+        checkpoint_sqlite_wal()
         selected.extend(rows)
         if pause:
             time.sleep(pause)
     return deleted, batches, selected
-
-
-def _checkpoint() -> None:
-    """On SQLite in WAL mode, copy what the batch wrote back into the database file now.
-
-    Otherwise the write-ahead log grows by every deleted row and index page, and the next
-    transaction to cross SQLite's auto-checkpoint threshold (1,000 pages) does the copy inside
-    its commit: often a worker's claim, which then takes hundreds of milliseconds. PASSIVE never
-    waits for readers or writers; what it cannot copy now is copied later.
-    """
-    if connection.vendor == "sqlite" and not connection.in_atomic_block:
-        with connection.cursor() as cursor:
-            cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
 
 def prune_jobs(*, older_than: timedelta | None = None, batch_size: int | None = None, dry_run: bool = False,

@@ -81,6 +81,20 @@ def test_on_sqlite_each_batch_is_checkpointed_by_the_prune_not_left_to_a_workers
     assert checkpoints == (["PRAGMA wal_checkpoint(PASSIVE)"] * 3 if connection.vendor == "sqlite" else [])
 
 
+def test_on_sqlite_each_batch_of_notifications_is_checkpointed_by_the_prune_too():
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    old = timezone.now() - 40 * DAY
+    Notification.objects.bulk_create([Notification(title=f"n{i}", read=True) for i in range(25)])
+    Notification.objects.update(created=old)
+    with CaptureQueriesContext(connection) as queries:
+        result = prune_notifications(older_than=30 * DAY, batch_size=10)
+    checkpoints = [q["sql"] for q in queries.captured_queries if "wal_checkpoint" in q["sql"]]
+    assert (result.deleted, result.batches) == (25, 3)
+    assert checkpoints == (["PRAGMA wal_checkpoint(PASSIVE)"] * 3 if connection.vendor == "sqlite" else [])
+
+
 def test_a_dry_run_counts_and_deletes_nothing():
     job(JobStatus.SUCCESSFUL, 8, file="a.txt")
     job(JobStatus.FAILED, 8)
